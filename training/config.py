@@ -1,0 +1,62 @@
+"""The training config (YAML or CLI flags), validated with unknown keys refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from training.errors import TrainConfigError
+
+__all__ = ["FitConfig", "load_fit_config"]
+
+
+class FitConfig(BaseModel):
+    """Everything that decides a training run; saved into the run folder."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field("efficientad-s", description="model name, e.g. efficientad-s, efficientad-m")
+    params: dict[str, Any] = Field(default_factory=dict, description="family parameters (validated by the family)")
+    size_px: int = Field(256, ge=32, le=1024, description="square input size of the model")
+    steps: int = Field(2000, ge=1, description="optimiser steps")
+    batch_size: int = Field(8, ge=1, description="images per step")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(1e-5, ge=0, description="Adam weight decay")
+    lr_drop_at: float = Field(0.95, gt=0, le=1, description="fraction of steps after which lr is divided by 10")
+    seed: int = Field(0, description="seed of every random choice")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="good images held out when the layout has no validation set")
+    false_alarm_rate: float = Field(0.005, ge=0, lt=1, description="target false-alarm rate of the threshold on good images")
+    max_minutes: float | None = Field(None, gt=0, description="stop training after this many minutes")
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    device: str = Field("auto", description="cpu, cuda or auto")
+
+
+def load_fit_config(path: str | Path | None, overrides: dict[str, Any]) -> FitConfig:
+    """Merge a YAML file and CLI overrides (overrides win) into a validated FitConfig."""
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except OSError as err:
+            raise TrainConfigError(f"{p}: cannot read config: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise TrainConfigError(f"{p}: not valid YAML: {err}") from err
+        if loaded is not None and not isinstance(loaded, dict):
+            raise TrainConfigError(f"{p}: expected a mapping of keys to values at the top level")
+        data.update(loaded or {})
+    params = {**data.pop("params", {}), **overrides.pop("params", {})}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    data["params"] = params
+    try:
+        return FitConfig(**data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            valid = ", ".join(FitConfig.model_fields)
+            raise TrainConfigError(f"config key '{loc}' is unknown; valid keys: {valid}") from err
+        raise TrainConfigError(f"config key '{loc}': {e['msg']}") from err

@@ -1,0 +1,53 @@
+"""Score a labelled test set and compute the report: image/pixel AUROC, AUPRO, per-kind AUROC, rates at
+the good-image threshold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from training.data import Dataset, load_mask
+from training.loop import RunState, load_images, score_images
+from training.metrics import aupro, auroc, rates_at_threshold
+
+__all__ = ["evaluate"]
+
+
+def _r(x: float) -> float | None:
+    return None if np.isnan(x) else round(float(x), 4)
+
+
+def evaluate(state: RunState, data: Dataset) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metrics on data.test and the arrays the plots need (scores, labels, kinds, maps, masks, images)."""
+    s = state.model.size_px
+    test = data.test
+    if not test:
+        return {"n_test": 0, "note": "no labelled test images; only the threshold was calibrated"}, {}
+    images = load_images(test, s)
+    maps, scores = score_images(state.model, images)
+    labels = np.array([t.label for t in test])
+    kinds = np.array([t.kind for t in test])
+    report: dict[str, Any] = {
+        "n_test": len(test),
+        "n_good": int((labels == 0).sum()),
+        "n_anomalous": int((labels == 1).sum()),
+        "image_auroc": _r(auroc(labels, scores)),
+        "threshold": state.threshold,
+        **{k: _r(v) for k, v in rates_at_threshold(labels, scores, state.threshold).items()},
+    }
+    per_kind = {}
+    for k in sorted(set(kinds[labels == 1])):
+        sel = (labels == 0) | (kinds == k)
+        per_kind[str(k)] = _r(auroc(labels[sel], scores[sel]))
+    report["image_auroc_by_kind"] = per_kind
+    arrays: dict[str, np.ndarray] = {"scores": scores, "labels": labels, "kinds": kinds, "maps": maps,
+                                     "images": images.numpy()}
+    if data.has_masks:
+        masks = np.stack([load_mask(t.masks, s) if t.masks else np.zeros((s, s), bool) for t in test])
+        with_mask = np.array([t.label == 0 or bool(t.masks) for t in test])
+        m, a = masks[with_mask], maps[with_mask]
+        report["pixel_auroc"] = _r(auroc(m.ravel(), a.ravel()))
+        report["aupro_0.3"] = _r(aupro(m, a, 0.3))
+        arrays["masks"] = masks
+    return report, arrays

@@ -1,0 +1,171 @@
+"""The training loop: prepare, optimise with checkpoints and a time budget, calibrate maps and threshold."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from training import __version__
+from training.config import FitConfig
+from training.data import Dataset, Sample, load_rgb
+from training.metrics import threshold_at_far
+from training.models import AnomalyModel, build_model
+from training.models.base import TrainBatch
+
+__all__ = ["fit", "load_images", "score_images", "load_run", "RunState"]
+
+
+@dataclass
+class RunState:
+    """A trained model with its config, threshold and provenance."""
+
+    model: AnomalyModel
+    config: FitConfig
+    threshold: float
+    fingerprint: str
+    meta: dict[str, Any]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_images(samples: list[Sample], size_px: int) -> torch.Tensor:
+    """Decode samples to a float tensor Nx3xSxS in [0, 1] (the contract's preprocessing)."""
+    arr = np.stack([load_rgb(s.path, size_px) for s in samples])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def score_images(model: AnomalyModel, images: torch.Tensor, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps NxSxS and scores N of images with the PyTorch model."""
+    model.eval()
+    maps, scores = [], []
+    for i in range(0, len(images), batch_size):
+        m, s = model(images[i : i + batch_size])
+        maps.append(m[:, 0].numpy())
+        scores.append(s.numpy())
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _save_checkpoint(path: Path, model: AnomalyModel, opt: torch.optim.Optimizer, step: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "model": model.state_dict(), "optim": opt.state_dict(),
+                "rng": torch.get_rng_state()}, tmp)
+    tmp.replace(path)  # atomic: a crash mid-save never leaves a half checkpoint
+
+
+def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress: bool = True) -> RunState:
+    """Train, calibrate and save a model under out/; returns the calibrated model.
+
+    The threshold comes from held-out good images only, at cfg.false_alarm_rate.
+    """
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed_everything(cfg.seed)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    device = _device(cfg.device)
+    model = build_model(cfg.model, cfg.params, cfg.size_px, cfg.seed)
+    train = load_images(data.train, cfg.size_px)
+    val = load_images(data.val, cfg.size_px)
+    model.prepare(train, progress=progress)
+    model.to(device)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    drop_at = int(cfg.steps * cfg.lr_drop_at)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_at], gamma=0.1)
+    start = 0
+    ckpt = out / "checkpoint.pt"
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        torch.set_rng_state(state["rng"])
+        start = int(state["step"])
+        for _ in range(start):
+            sched.step()
+    gen = torch.Generator().manual_seed(cfg.seed + start)
+    t0 = time.monotonic()
+    history: list[dict[str, float]] = []
+    model.train()
+    bar = tqdm(range(start, cfg.steps), desc=f"train {cfg.model}", disable=not progress, initial=start, total=cfg.steps)
+    step = start
+    for step in bar:
+        idx = torch.randint(len(train), (min(cfg.batch_size, len(train)),), generator=gen)
+        batch = TrainBatch(idx, train[idx].to(device))
+        losses = model.training_losses(batch, step, cfg.steps)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        sched.step()
+        if step % 10 == 0:
+            row = {k: round(float(v.detach()), 5) for k, v in losses.items()}
+            history.append({"step": step, **row})
+            bar.set_postfix(loss=row["loss"])
+        if (step + 1) % cfg.checkpoint_every == 0:
+            _save_checkpoint(ckpt, model, opt, step + 1)
+        if cfg.max_minutes is not None and (time.monotonic() - t0) / 60 > cfg.max_minutes:
+            bar.write(f"time budget of {cfg.max_minutes} min reached at step {step + 1}/{cfg.steps}")
+            break
+    steps_done = step + 1
+    _save_checkpoint(ckpt, model, opt, steps_done)
+    train_minutes = (time.monotonic() - t0) / 60
+    model.to("cpu").eval()
+    model.calibrate_maps(val)
+    _, val_scores = score_images(model, val)
+    threshold = threshold_at_far(val_scores, cfg.false_alarm_rate)
+    meta = {
+        "lineside_version": __version__,
+        "steps_done": steps_done,
+        "train_minutes": round(train_minutes, 2),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "dataset_layout": data.layout,
+        "val_scores": [round(float(s), 6) for s in val_scores],
+        "history": history,
+    }
+    state = RunState(model, cfg, threshold, data.fingerprint(), meta)
+    save_run(out, state)
+    return state
+
+
+def save_run(out: Path, state: RunState) -> None:
+    torch.save(
+        {"config": state.config.model_dump(), "state_dict": state.model.state_dict(), "threshold": state.threshold,
+         "fingerprint": state.fingerprint, "meta": state.meta},
+        out / "model.pt",
+    )
+    (out / "train.json").write_text(json.dumps(state.meta, indent=2))
+
+
+def load_run(run: Path) -> RunState:
+    """Load a trained run folder (model.pt) back into a calibrated model."""
+    from training.errors import TrainingError
+
+    p = Path(run) / "model.pt"
+    if not p.is_file():
+        raise TrainingError(f"{p}: no trained model; run `edge-train fit ... --out {run}` first")
+    saved = torch.load(p, map_location="cpu", weights_only=False)
+    cfg = FitConfig(**saved["config"])
+    model = build_model(cfg.model, cfg.params, cfg.size_px, cfg.seed)
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return RunState(model, cfg, float(saved["threshold"]), saved["fingerprint"], saved["meta"])

@@ -1,0 +1,112 @@
+"""The one model interface every family implements, and the shared scoring head.
+
+A family produces one or more raw anomaly maps on its feature grid. The shared head normalises each map
+by quantiles of held-out good images (EfficientAD's q_a -> 0, q_b -> 0.1), averages them, upsamples the
+result to the input grid and pools an image score. All of it is exported inside the ONNX graph.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+__all__ = ["AnomalyModel", "FamilyParams", "TrainBatch", "REGISTRY", "register"]
+
+
+class FamilyParams(BaseModel):
+    """Base of every family's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class TrainBatch:
+    """Indices into the training set and the images themselves (float Bx3xSxS in [0, 1])."""
+
+    index: torch.Tensor
+    images: torch.Tensor
+
+
+class AnomalyModel(nn.Module, ABC):
+    """Teacher-student anomaly model: raw maps from the family, normalisation and pooling shared.
+
+    Args:
+        size_px: square input size of the ONNX contract.
+        n_maps: number of raw maps `raw_maps` returns.
+        score_pool: "max" (EfficientAD) or "mean" of the map (AST's alternative).
+    """
+
+    family: ClassVar[str]
+    Params: ClassVar[type[FamilyParams]]
+
+    def __init__(self, size_px: int, n_maps: int, score_pool: str = "max") -> None:
+        super().__init__()
+        self.size_px = size_px
+        self.score_pool = score_pool
+        self.register_buffer("q_lo", torch.zeros(n_maps))
+        self.register_buffer("q_hi", torch.full((n_maps,), 0.1))
+        self.register_buffer("map_weight", torch.full((n_maps,), 1.0 / n_maps))
+
+    # --- what a family implements -------------------------------------------------------------
+    @abstractmethod
+    def raw_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Raw anomaly maps (each Bx1xhxw, any grid) of images Bx3xSxS in [0, 1]."""
+
+    @abstractmethod
+    def prepare(self, train_images: torch.Tensor, progress: bool = True) -> None:
+        """One-off work before the training loop (teacher statistics, feature caches)."""
+
+    @abstractmethod
+    def training_losses(self, batch: TrainBatch, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+        """Loss terms for one step; the key 'loss' is what is minimised."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the metadata file (family, variant, teacher...)."""
+        return {"family": self.family}
+
+    # --- shared scoring head -----------------------------------------------------------------
+    def normalised_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.raw_maps(image)
+        return [0.1 * (m - self.q_lo[i]) / (self.q_hi[i] - self.q_lo[i]) for i, m in enumerate(maps)]
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image Bx3xSxS RGB in [0, 1] -> (anomaly_map Bx1xSxS normalised, score [B])."""
+        combined = None
+        for i, m in enumerate(self.normalised_maps(image)):
+            m = F.interpolate(m, size=(self.size_px, self.size_px), mode="bilinear", align_corners=False)
+            combined = m * self.map_weight[i] if combined is None else combined + m * self.map_weight[i]
+        assert combined is not None
+        flat = combined.flatten(1)
+        score = flat.amax(dim=1) if self.score_pool == "max" else flat.mean(dim=1)
+        return combined, score
+
+    @torch.no_grad()
+    def calibrate_maps(self, good_images: torch.Tensor, batch_size: int = 8) -> None:
+        """Set the q 0.9 / 0.995 normalisation of every raw map from held-out good images."""
+        chunks: list[list[torch.Tensor]] = []
+        for i in range(0, len(good_images), batch_size):
+            chunks.append([m.flatten() for m in self.raw_maps(good_images[i : i + batch_size])])
+        for k in range(len(chunks[0])):
+            values = torch.cat([c[k] for c in chunks])
+            if values.numel() > 2**24:
+                values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[: 2**24]]
+            lo, hi = torch.quantile(values, 0.9), torch.quantile(values, 0.995)
+            self.q_lo[k] = lo
+            self.q_hi[k] = torch.maximum(hi, lo + 1e-6)
+
+
+REGISTRY: dict[str, type[AnomalyModel]] = {}
+
+
+def register(cls: type[AnomalyModel]) -> type[AnomalyModel]:
+    REGISTRY[cls.family] = cls
+    return cls

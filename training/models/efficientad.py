@@ -1,0 +1,202 @@
+"""EfficientAD (Batzner, Heckler, König, WACV 2024, arXiv 2303.14535), ported from the paper's description and
+the training recipe read in nelson1425/EfficientAD, with the distinctive-feature separation constraint of
+Lee & Kim (arXiv 2407.17909) as an option.
+
+Lineside's choices where the paper cannot apply here: the teacher is a PDN distilled from EfficientNet-Lite
+(no WideResNet weights offline) or the frozen Lite target itself; penalty images are procedural (no
+ImageNet); batch size is configurable (the paper uses 1); an optional per-position Gaussian of the teacher
+features adds a third map (a few matrix products, no training).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from training.models.base import AnomalyModel, FamilyParams, TrainBatch, register
+from training.models.pdn import PDN_WIDTHS, Autoencoder, Pdn, pdn_grid
+from training.models.snc import SncHead
+from training.models.teachers import LiteTarget, load_pdn_teacher
+from training.penalty import PenaltyImages
+
+__all__ = ["EfficientAd", "EfficientAdParams", "MarginParams", "VARIANTS"]
+
+
+class MarginParams(BaseModel):
+    """Distinctive-feature separation constraint (DFSC) on the autoencoder branch (Lee & Kim 2024).
+
+    The paper's formula is not public; two readings (algorithms.md §2):
+    - truncate: teacher elements the autoencoder misses by more than the q-quantile are 'distinctive' and
+      are dropped from the autoencoder loss, so the global branch does not learn to reproduce them;
+    - hinge: additionally push the autoencoder at least `margin` (squared distance) away from the teacher
+      on those distinctive elements, weighted by `weight`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(False, description="apply the constraint")
+    mode: Literal["truncate", "hinge"] = Field("truncate", description="which reading of the constraint")
+    quantile: float = Field(0.99, gt=0.5, lt=1.0, description="per-batch quantile of teacher-AE distance that marks distinctive elements")
+    margin: float = Field(1.0, gt=0.0, description="hinge margin on the squared teacher-AE distance")
+    weight: float = Field(0.1, ge=0.0, description="weight of the hinge term")
+
+
+class EfficientAdParams(FamilyParams):
+    size: Literal["s", "m", "tiny"] = Field("s", description="PDN size: s, m (paper) or tiny (tests)")
+    teacher: Literal["lite0", "lite1", "lite2", "pdn"] = Field(
+        "lite0", description="frozen EfficientNet-Lite target, or a PDN distilled from it"
+    )
+    teacher_weights: str | None = Field(None, description="path of distilled PDN teacher weights")
+    teacher_stages: tuple[int, ...] = Field((3, 4, 5), description="Lite stages of the teacher target")
+    hard_quantile: float = Field(0.999, gt=0.0, lt=1.0, description="hard-feature loss quantile")
+    penalty: bool = Field(True, description="penalty loss on procedural images unlike the product")
+    penalty_batch: int = Field(1, ge=1, description="penalty images per step")
+    gaussian: bool = Field(True, description="add a per-position Gaussian map of teacher features")
+    snc: bool = Field(False, description="compare student and teacher through spatial-neighbourhood codes (FCL)")
+    margin: MarginParams = Field(default_factory=MarginParams)
+    pretrained_backbone: bool = Field(True, description="ImageNet weights for the Lite teacher (False: tests)")
+
+
+# variants are data: the CLI model name maps to parameter overrides
+VARIANTS: dict[str, dict[str, Any]] = {
+    "efficientad-s": {"size": "s"},
+    "efficientad-m": {"size": "m"},
+    "efficientad-tiny": {"size": "tiny"},
+}
+
+
+def _jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One of brightness / contrast / saturation with a factor in [0.8, 1.2] (reference AE augmentation)."""
+    k = int(torch.randint(3, (1,), generator=gen))
+    f = float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
+    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    if k == 0:
+        y = x * f
+    elif k == 1:
+        y = grey.mean(dim=(2, 3), keepdim=True) + f * (x - grey.mean(dim=(2, 3), keepdim=True))
+    else:
+        y = grey + f * (x - grey)
+    return y.clamp(0, 1)
+
+
+@register
+class EfficientAd(AnomalyModel):
+    family = "efficientad"
+    Params = EfficientAdParams
+
+    def __init__(self, params: EfficientAdParams, size_px: int, seed: int = 0) -> None:
+        super().__init__(size_px, n_maps=3 if params.gaussian else 2, score_pool="max")
+        self.params = params
+        self.grid = pdn_grid(size_px)
+        if params.teacher == "pdn":
+            self.teacher: nn.Module = load_pdn_teacher(params.size, params.teacher_weights)
+            channels = self.teacher.net[-1].out_channels
+        else:
+            self.teacher = LiteTarget(
+                params.teacher, size_px, self.grid, params.teacher_stages, pretrained=params.pretrained_backbone
+            )
+            channels = self.teacher.out_channels
+        self.channels = channels
+        self.student = Pdn(2 * channels, PDN_WIDTHS[params.size])
+        self.ae = Autoencoder(size_px, channels, self.grid)
+        self.snc = SncHead(channels) if params.snc else None
+        self.register_buffer("t_mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("t_std", torch.ones(1, channels, 1, 1))
+        if params.gaussian:
+            self.register_buffer("g_mean", torch.zeros(1, channels, self.grid, self.grid))
+            self.register_buffer("g_whiten", torch.eye(channels).view(channels, channels, 1, 1))
+        self._gen = torch.Generator().manual_seed(seed)
+        self._penalty = PenaltyImages(size_px, seed) if params.penalty else None
+        self._cache: torch.Tensor | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"family": self.family, "variant": f"efficientad-{self.params.size}", "params": self.params.model_dump()}
+
+    def _teacher(self, image: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = self.teacher(image)
+            if t.shape[-1] != self.grid:
+                t = F.interpolate(t, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
+            return (t - self.t_mean) / self.t_std
+
+    @torch.no_grad()
+    def prepare(self, train_images: torch.Tensor, progress: bool = True) -> None:
+        from tqdm import tqdm
+
+        feats = []
+        self.t_mean.zero_()
+        self.t_std.fill_(1.0)
+        for i in tqdm(range(0, len(train_images), 8), desc="teacher features", disable=not progress):
+            feats.append(self._teacher(train_images[i : i + 8]))
+        raw = torch.cat(feats)
+        self.t_mean.copy_(raw.mean(dim=(0, 2, 3), keepdim=True))
+        self.t_std.copy_(raw.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))
+        self._cache = (raw - self.t_mean) / self.t_std
+        if self.params.gaussian:
+            self._fit_gaussian(self._cache)
+
+    def _fit_gaussian(self, t: torch.Tensor) -> None:
+        """Per-position mean and one shared, shrunk covariance; the whitening W satisfies W^T W = inv(cov)."""
+        mean = t.mean(dim=0, keepdim=True)
+        x = (t - mean).permute(0, 2, 3, 1).reshape(-1, t.shape[1]).double()
+        cov = x.T @ x / max(x.shape[0] - 1, 1)
+        cov += 0.01 * torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean()
+        chol = torch.linalg.cholesky(torch.linalg.inv(cov))  # inv = L L^T -> W = L^T
+        self.g_mean.copy_(mean)
+        self.g_whiten.copy_(chol.T.float().view(*chol.shape, 1, 1))
+
+    def raw_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
+        t_norm = self._teacher(image)
+        s = self.student(image)
+        c = self.channels
+        a = self.ae(image)
+        t, s_st, s_ae = t_norm, s[:, :c], s[:, c:]
+        if self.snc is not None:
+            t, s_st = self.snc(t), self.snc(s_st)
+        maps = [
+            (t - s_st).pow(2).mean(dim=1, keepdim=True),
+            (a - s_ae).pow(2).mean(dim=1, keepdim=True),
+        ]
+        if self.params.gaussian:
+            z = F.conv2d(t_norm - self.g_mean, self.g_whiten)
+            maps.append(z.pow(2).mean(dim=1, keepdim=True))
+        return maps
+
+    def training_losses(self, batch: TrainBatch, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+        assert self._cache is not None, "prepare() must run before training"
+        p = self.params
+        img = batch.images
+        b, c = img.shape[0], self.channels
+        t = self._cache[batch.index]
+        aug = _jitter(img, self._gen)
+        t_aug = self._teacher(aug)
+        inputs = [img, aug]
+        if self._penalty is not None:
+            inputs.append(self._penalty.sample(p.penalty_batch))
+        s_all = self.student(torch.cat(inputs))
+        s_st, s_ae_aug = s_all[:b, :c], s_all[b : 2 * b, c:]
+        t_cmp, s_cmp = (self.snc(t), self.snc(s_st)) if self.snc is not None else (t, s_st)
+        d = (t_cmp - s_cmp).pow(2)
+        flat = d.flatten()
+        if flat.numel() > 2**24:
+            flat = flat[torch.randint(flat.numel(), (2**24,), generator=self._gen)]
+        d_hard = torch.quantile(flat.detach(), p.hard_quantile)
+        losses = {"hard": d[d >= d_hard].mean()}
+        if self._penalty is not None:
+            losses["penalty"] = s_all[2 * b :, :c].pow(2).mean()
+        a = self.ae(aug)
+        d_ta = (t_aug - a).pow(2)
+        if p.margin.enabled:
+            tau = torch.quantile(d_ta.detach().flatten()[: 2**24], p.margin.quantile)
+            distinctive = d_ta.detach() > tau
+            losses["ae"] = (d_ta * (~distinctive)).sum() / (~distinctive).sum().clamp_min(1)
+            if p.margin.mode == "hinge" and distinctive.any():
+                losses["separation"] = p.margin.weight * F.relu(p.margin.margin - d_ta[distinctive]).mean()
+        else:
+            losses["ae"] = d_ta.mean()
+        losses["st_ae"] = (a - s_ae_aug).pow(2).mean()
+        losses["loss"] = sum(losses.values())  # type: ignore[assignment]
+        return losses

@@ -1,0 +1,87 @@
+"""Patch description network (PDN) and EfficientAD's autoencoder (Batzner et al., WACV 2024, Tab. 6-8).
+
+Lineside runs the PDN with padding so its output grid is exactly input/4 (the grid of the distillation
+target); the paper trains the anomaly detector with padding off and pads the map by 4 px instead.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Pdn", "Autoencoder", "pdn_grid", "PDN_WIDTHS"]
+
+# widths of the hidden convs per size; "tiny" exists for tests and smoke runs only
+PDN_WIDTHS: dict[str, tuple[int, ...]] = {"s": (128, 256, 256), "m": (256, 512, 512, 512), "tiny": (16, 32, 32)}
+
+
+def pdn_grid(size_px: int) -> int:
+    """Output side of a padded PDN for a square input (conv4 p3, pool2 p1, conv4 p3, pool2 p1, conv3 p1, conv4)."""
+    s = size_px + 3
+    s = (s + 2 - 2) // 2 + 1
+    s = s + 3
+    s = (s + 2 - 2) // 2 + 1
+    return s - 3
+
+
+class Pdn(nn.Module):
+    """PDN-S (3 hidden convs) or PDN-M (4 hidden + a final 1x1), padded, ReLU, average pooling."""
+
+    def __init__(self, out_channels: int, widths: Sequence[int]) -> None:
+        super().__init__()
+        w = list(widths)
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, w[0], 4, padding=3), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2, padding=1),
+            nn.Conv2d(w[0], w[1], 4, padding=3), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2, padding=1),
+        ]
+        if len(w) == 3:  # S
+            layers += [nn.Conv2d(w[1], w[2], 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(w[2], out_channels, 4)]
+        else:  # M
+            layers += [
+                nn.Conv2d(w[1], w[2], 1), nn.ReLU(inplace=True),
+                nn.Conv2d(w[2], w[3], 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(w[3], out_channels, 4), nn.ReLU(inplace=True),
+                nn.Conv2d(out_channels, out_channels, 1),
+            ]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # ImageNet mean/std inside the network, as the contract takes [0, 1] RGB
+        mean = image.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = image.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        return self.net((image - mean) / std)
+
+
+class Autoencoder(nn.Module):
+    """EfficientAD autoencoder: 6 strided convs to a 64-d code, 6 upsample+conv stages, output on the grid."""
+
+    def __init__(self, size_px: int, out_channels: int, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+        enc: list[nn.Module] = []
+        c_in = 3
+        for c in (32, 32, 64, 64, 64):
+            enc += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+            c_in = c
+        enc.append(nn.Conv2d(64, 64, max(size_px // 32, 1)))
+        self.encoder = nn.Sequential(*enc)
+        # the reference sizes at 256 px are 3, 8, 15, 32, 63, 127; scaled with the input here
+        self.sizes = [max(size_px // d + o, 2) for d, o in ((64, -1), (32, 0), (16, -1), (8, 0), (4, -1), (2, -1))]
+        self.dec_convs = nn.ModuleList([nn.Conv2d(64, 64, 4, padding=2) for _ in self.sizes])
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Sequential(
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(64, out_channels, 3, padding=1)
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        mean = image.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = image.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        x = self.encoder((image - mean) / std)
+        for size, conv in zip(self.sizes, self.dec_convs):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            x = self.dropout(F.relu(conv(x)))
+        x = F.interpolate(x, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
+        return self.head(x)

@@ -1,0 +1,71 @@
+"""Plots a person reads: ROC curves, score histograms with the threshold, heatmap overlays of the worst images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.metrics import roc_curve
+
+__all__ = ["write_plots"]
+
+
+def write_plots(arrays: dict[str, np.ndarray], threshold: float, out: Path, title: str, n_worst: int = 6) -> list[str]:
+    """Write roc.png, histogram.png and worst.png under out/ and return their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    scores, labels, kinds = arrays["scores"], arrays["labels"], arrays["kinds"]
+    written = []
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    groups = [("all", labels == 1)] + [(k, kinds == k) for k in sorted(set(kinds[labels == 1]))]
+    for name, pos in groups:
+        sel = (labels == 0) | pos
+        if pos.any() and (labels[sel] == 0).any():
+            fpr, tpr = roc_curve(labels[sel], scores[sel])
+            ax.plot(fpr, tpr, label=f"{name} (AUROC {np.trapezoid(tpr, fpr):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=f"ROC - {title}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=110)
+    plt.close(fig)
+    written.append("roc.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = np.linspace(min(scores.min(), threshold), max(scores.max(), threshold), 40)
+    ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="good", color="tab:green")
+    for k in sorted(set(kinds[labels == 1])):
+        ax.hist(scores[kinds == k], bins=bins, alpha=0.5, label=k)
+    ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="image score", ylabel="images", title=f"Scores - {title}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "histogram.png", dpi=110)
+    plt.close(fig)
+    written.append("histogram.png")
+
+    order = np.argsort(-scores)[:n_worst]
+    fig, axes = plt.subplots(2, len(order), figsize=(2.4 * len(order), 5), squeeze=False)
+    vmax = max(float(arrays["maps"].max()), threshold)
+    for j, i in enumerate(order):
+        img = arrays["images"][i].transpose(1, 2, 0)
+        axes[0, j].imshow(img)
+        if "masks" in arrays and arrays["masks"][i].any():
+            axes[0, j].contour(arrays["masks"][i], levels=[0.5], colors="red", linewidths=0.8)
+        axes[0, j].set_title(f"{kinds[i]}\nscore {scores[i]:.3f}", fontsize=8)
+        axes[1, j].imshow(img)
+        axes[1, j].imshow(arrays["maps"][i], cmap="jet", alpha=0.5, vmin=0, vmax=vmax)
+        for a in axes[:, j]:
+            a.axis("off")
+    fig.suptitle(f"Worst-scored test images - {title} (red: ground truth)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "worst.png", dpi=110)
+    plt.close(fig)
+    written.append("worst.png")
+    return written
