@@ -75,6 +75,7 @@ def metadata(state: RunState) -> dict[str, Any]:
         "normalisation": {"q_lo": m.q_lo.tolist(), "q_hi": m.q_hi.tolist(), "map_weight": m.map_weight.tolist(),
                           "score_pool": m.score_pool},
         "training_data_fingerprint": state.fingerprint,
+        "dataset": state.meta.get("dataset"),
         "lineside_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "opset": OPSET,

@@ -139,6 +139,7 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
         "n_train": len(data.train),
         "n_val": len(data.val),
         "dataset_layout": data.layout,
+        "dataset": str(data.root.resolve()),
         "val_scores": [round(float(s), 6) for s in val_scores],
         "history": history,
     }

@@ -1,0 +1,210 @@
+"""`edge-quantize RUN --runtime ort|openvino|tensorrt|litert`: INT8 with measured mixed precision and a gate.
+
+Candidates (calibration method x what stays in float) are scored on held-out good images plus synthetic
+defects; the best is kept, its outputs are re-anchored on good images, its threshold recomputed, and the
+FP32-vs-INT8 gate runs on the labelled test set (or the synthetic one). A drop above --max-drop exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "quantize_run", "RUNTIMES"]
+
+# runtime -> (edge backend that runs the artifact, artifact file name)
+RUNTIMES: dict[str, tuple[str, str]] = {
+    "ort": ("onnxruntime", "model_int8.onnx"),
+    "openvino": ("openvino", "model_int8.xml"),
+    "tensorrt": ("onnxruntime", "model_int8_qdq.onnx"),  # validated here in ORT; built by TensorRT on the device
+    "litert": ("litert", "model_int8.tflite"),
+}
+
+
+# OpenVINO operation types of the distance/normalisation head: the anomaly signal is a small difference
+# of large activations, so these are a candidate for staying in float
+OV_ELEMENTWISE = ("Subtract", "Multiply", "Divide", "Power", "ReduceMean", "ReduceMax", "Interpolate", "Concat")
+
+
+def _candidates(runtime: str, finals: list[str], teacher: list[str]) -> list[dict[str, Any]]:
+    """What to try: calibration methods, and how much stays float (nothing, final convs, + the teacher)."""
+    keep = [[], finals, sorted(set(finals + teacher))] if teacher else [[], finals]
+    if runtime == "ort":
+        c = [{"method": m, "scope": "conv", "keep_float": []} for m in ("minmax", "entropy", "percentile")]
+        c += [{"method": "minmax", "scope": "all", "keep_float": []}]
+        c += [{"method": "minmax", "scope": "conv", "keep_float": k} for k in keep[1:]]
+        return c
+    if runtime == "tensorrt":
+        return [{"method": m, "scope": "conv", "keep_float": k} for m in ("minmax", "percentile") for k in keep]
+    if runtime == "openvino":
+        return [{"keep_float": k} for k in keep] + [{"keep_float": keep[-1], "float_types": list(OV_ELEMENTWISE)}]
+    return [{}]
+
+
+def _build(runtime: str, fp32: Path, out: Path, calib: Any, cand: dict[str, Any], device: str) -> Path:
+    if runtime in ("ort", "tensorrt"):
+        from quantize.runtimes.onnxruntime import quantize_qdq
+
+        return quantize_qdq(fp32, out, calib, cand["method"], cand["scope"], cand["keep_float"], symmetric=runtime == "tensorrt")
+    from quantize.runtimes.openvino import quantize_nncf
+
+    return quantize_nncf(fp32, out, calib, device, cand["keep_float"], cand.get("float_types"))
+
+
+def _select_set(held_out: list[np.ndarray], size: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    from quantize.calib import _paste_defects
+
+    goods = [(x[0].transpose(1, 2, 0) * 255).round().astype(np.uint8) for x in held_out]
+    defects, _ = _paste_defects(goods, size, seed + 1)
+    inputs = held_out + [np.ascontiguousarray((d.astype(np.float32) / 255).transpose(2, 0, 1)[None]) for d in defects]
+    return inputs, np.r_[np.zeros(len(held_out), int), np.ones(len(defects), int)]
+
+
+def quantize_run(run: Path, runtime: str, max_drop: float = 0.005, calib_dir: Path | None = None,
+                 device: str = "CPU", max_calib: int = 64, out: Path | None = None,
+                 data_dir: Path | None = None) -> dict[str, Any]:
+    """Quantize a trained run for a runtime; returns the result dict (also written as quant.json)."""
+    from edge.postprocess import OutputAffine
+    from quantize.calib import build_sets
+    from quantize.errors import QuantizeError
+    from quantize.gate import gate_report, plot_scores, recalibrate, score_all
+    from quantize.graph import branch_convs, final_convs
+    from training.metrics import auroc, threshold_at_far
+
+    fp32 = run / "model.onnx"
+    meta_path = run / "model.json"
+    if not fp32.is_file() or not meta_path.is_file():
+        raise QuantizeError(f"{run}: model.onnx/model.json missing; train with `edge-train fit --out {run}` first")
+    meta = json.loads(meta_path.read_text())
+    if data_dir is not None:
+        meta["dataset"] = str(data_dir)
+    out = out or run / "quantized" / runtime
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    print(f"[1/4] reading good images for calibration ({runtime})", flush=True)
+    calib, held_out, gate = build_sets(meta, calib_dir, max_calib)
+    size = int(meta["size_px"])
+    far = float(meta.get("false_alarm_rate_target", 0.005))
+
+    if runtime == "litert":
+        from quantize.runtimes.litert import convert_litert
+
+        convert_litert(run, out, calib)
+        artifact = out / RUNTIMES[runtime][1]
+        decision: dict[str, Any] = {"candidates": [], "chosen": {"converter": "litert-torch + ai-edge-quantizer"}}
+    else:
+        sel_inputs, sel_labels = _select_set(held_out, size, 0)
+        f_sel_maps, f_sel = score_all("onnxruntime", fp32, sel_inputs)
+        finals = final_convs(fp32)
+        teacher = branch_convs(fp32, "/model/teacher/")
+        rows = []
+        best: tuple[tuple[float, float], dict[str, Any], Path] | None = None
+        tmp = Path(tempfile.mkdtemp(prefix="lineside-q-"))
+        cands = _candidates(runtime, finals, teacher)
+        for i, cand in enumerate(cands):
+            shown = {**cand, "keep_float": f"{len(cand['keep_float'])} convs"}
+            print(f"[2/4] candidate {i + 1}/{len(cands)}: {shown}", flush=True)
+            name = RUNTIMES[runtime][1]
+            art = _build(runtime, fp32, _mk(tmp / f"c{i}") / name, calib, cand, device)
+            q_maps, q_sel = score_all(RUNTIMES[runtime][0], art, sel_inputs)
+            a = auroc(sel_labels, q_sel)
+            from scipy.stats import spearmanr
+
+            rho = float(spearmanr(f_sel, q_sel).statistic)
+            err = float(np.abs(q_maps - f_sel_maps).mean())
+            rows.append({**cand, "keep_float": len(cand["keep_float"]), "selection_auroc": round(a, 5),
+                         "spearman": round(rho, 5), "mean_abs_map_error": round(err, 6)})
+            key = (round(a, 4), rho)
+            if best is None or key > best[0]:
+                best = (key, cand, art)
+        assert best is not None
+        _, chosen, art = best
+        for f in art.parent.iterdir():
+            shutil.copy2(f, out / f.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        artifact = out / RUNTIMES[runtime][1]
+        decision = {"candidates": rows, "chosen": chosen, "final_convs": finals, "teacher_convs": len(teacher),
+                    "selection_set": f"{len(held_out)} held-out good images + {len(held_out)} pasted defects"}
+        if runtime == "tensorrt":
+            shutil.copy2(fp32, out / "model_fp32.onnx")  # for the FP16 engine
+
+    print("[3/4] recalibrating map normalisation and threshold on good images", flush=True)
+    backend = RUNTIMES[runtime][0]
+    f_good_maps, f_good = score_all("onnxruntime", fp32, held_out)
+    q_good_maps, _ = score_all(backend, artifact, held_out)
+    affine = recalibrate(f_good_maps, q_good_maps)
+    q_good = np.array([float((m * affine.scale + affine.offset).max()) for m in q_good_maps])
+    thr_int8 = threshold_at_far(q_good, far)
+    thr_fp32 = float(meta["threshold"])
+
+    print(f"[4/4] accuracy gate on {gate.origin} ({len(gate.labels)} images)", flush=True)
+    fm, fs = score_all("onnxruntime", fp32, gate.inputs)
+    qm, qs = score_all(backend, artifact, gate.inputs)
+    qm, qs = qm * affine.scale + affine.offset, qs * affine.scale + affine.offset
+    rep = gate_report(gate.labels, gate.masks, (fm, fs), (qm, qs), thr_fp32, thr_int8, max_drop)
+    rep["gate_set"] = gate.origin
+    plot_scores(fs, qs, gate.labels, thr_fp32, thr_int8, out / "gate.png", f"{meta['model']} {runtime} INT8 vs FP32")
+    result = {
+        "runtime": runtime, "artifact": artifact.name, "precision": "int8", "device": device,
+        "threshold": thr_int8, "threshold_fp32": thr_fp32, "output_affine": affine.to_dict(),
+        "calibration": {"n_images": len(calib), "source": str(calib_dir) if calib_dir else "training good images"},
+        "mixed_precision": decision, "gate": rep, "minutes": round((time.monotonic() - t0) / 60, 2),
+    }
+    (out / "quant.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _mk(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from quantize.errors import QuantizeError
+    from edge.errors import EdgeError
+    from training.errors import TrainingError
+
+    p = argparse.ArgumentParser(prog="edge-quantize", description="INT8 post-training quantization with an accuracy gate.")
+    p.add_argument("run", help="trained run folder (model.onnx + model.json)")
+    p.add_argument("--runtime", required=True, choices=sorted(RUNTIMES))
+    p.add_argument("--max-drop", type=float, default=0.005, help="largest allowed image-AUROC drop (default 0.005)")
+    p.add_argument("--data", type=Path, help="dataset folder (default: the one the run was trained on)")
+    p.add_argument("--calib-dir", type=Path, help="folder of good images for calibration (default: training good images)")
+    p.add_argument("--device", choices=["CPU", "NPU"], default="CPU", help="OpenVINO target device for NNCF")
+    p.add_argument("--max-calib", type=int, default=64, help="calibration images")
+    p.add_argument("--debug", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        res = quantize_run(Path(a.run), a.runtime, a.max_drop, a.calib_dir, a.device, a.max_calib, data_dir=a.data)
+    except (QuantizeError, EdgeError, TrainingError) as err:
+        if a.debug:
+            raise
+        print(f"edge-quantize: error: {err}", file=sys.stderr)
+        return 1
+    g = res["gate"]
+    chosen = dict(res["mixed_precision"]["chosen"])
+    if "keep_float" in chosen:
+        chosen["keep_float"] = f"{len(chosen['keep_float'])} convs"
+    print(f"{a.runtime} INT8: {res['artifact']}  chosen {chosen}")
+    for k in ("image_auroc_fp32", "image_auroc_int8", "image_auroc_drop", "aupro_drop", "spearman_scores",
+              "false_alarm_rate_change"):
+        if k in g:
+            print(f"  {k:<24} {g[k]}")
+    print(f"  threshold (recalibrated)  {res['threshold']:.4f}")
+    print(f"report: {Path(a.run) / 'quantized' / a.runtime / 'quant.json'}")
+    if not g["passed"]:
+        print(f"edge-quantize: gate failed: image-AUROC drop {g['image_auroc_drop']} > max {a.max_drop}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""OpenVINO: convert the ONNX graph to IR and quantize it with NNCF post-training quantization.
+
+Static input shape, weights kept FP32 in the IR (no silent FP16 compression), target device set so NNCF
+picks the NPU's or the CPU's quantization scheme.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantize.calib import CalibrationReader
+from quantize.errors import ExtraMissing
+
+__all__ = ["convert_fp32", "quantize_nncf"]
+
+
+def _ov():  # noqa: ANN202
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError as err:
+        raise ExtraMissing("OpenVINO quantization needs openvino and nncf: pip install 'lineside[quantize]'") from err
+    return ov, nncf
+
+
+def convert_fp32(fp32: Path, out: Path) -> Path:
+    """Write the FP32 IR (out.xml/out.bin) of an ONNX graph with its static shape."""
+    ov, _ = _ov()
+    model = ov.convert_model(str(fp32))
+    ov.save_model(model, str(out), compress_to_fp16=False)
+    return out
+
+
+def quantize_nncf(fp32: Path, out: Path, reader: CalibrationReader, device: str = "CPU",
+                  ignore: list[str] | None = None, float_types: list[str] | None = None) -> Path:
+    """Write an INT8 IR; `ignore` lists ONNX node names kept in float (matched on OpenVINO's names)."""
+    ov, nncf = _ov()
+    model = ov.convert_model(str(fp32))
+    ignored = None
+    if ignore or float_types:
+        # OpenVINO keeps the ONNX node name as the prefix of the operation's friendly name
+        ignored = nncf.IgnoredScope(patterns=[f"^{n}(/.*)?$" for n in ignore or []], types=float_types or [],
+                                    validate=False)
+    target = {"CPU": nncf.TargetDevice.CPU, "NPU": nncf.TargetDevice.NPU}[device]
+    dataset = nncf.Dataset(reader.inputs)
+    kwargs = {"subset_size": len(reader.inputs), "target_device": target}
+    if ignored is not None:
+        kwargs["ignored_scope"] = ignored
+    q = nncf.quantize(model, dataset, **kwargs)
+    ov.save_model(q, str(out), compress_to_fp16=False)
+    return out
