@@ -1,0 +1,1 @@
+"""`edge-deploy`: device bundles for Jetson (TensorRT), Intel NPU (OpenVINO), ARM (ONNX Runtime) and CPU."""

@@ -1,0 +1,111 @@
+"""Build a device bundle from a trained (and quantized) run: artifacts, manifest with hashes, golden
+self-test data, a default daemon config and the systemd unit; plus a .tar.gz of the folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from deploy.targets import Target
+from edge.backends import create_backend
+from edge.bundle import CONTRACT_VERSION, SCHEMA_VERSION, sha256_file
+
+__all__ = ["build_bundle", "unit_file", "measure_latency"]
+
+
+def unit_file() -> Path:
+    p = Path(__file__).resolve().parent.parent / "systemd" / "lineside.service"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: systemd unit missing from the installation; reinstall lineside from source")
+    return p
+
+
+def measure_latency(runtime: str, model: Path, x: np.ndarray, runs: int = 15) -> float:
+    """Median latency in ms after warm-up (used to pick the CPU runtime)."""
+    b = create_backend(runtime, model, "cpu")
+    for _ in range(3):
+        b.infer(x)
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        b.infer(x)
+        t.append((time.perf_counter() - t0) * 1e3)
+    b.close()
+    return float(np.median(t))
+
+
+def _golden(runtime: str, model: Path, inputs: list[np.ndarray], out: Path, precision: str) -> dict[str, Any]:
+    """Record golden inputs and the outputs the bundle's runtime gives here."""
+    # TensorRT cannot run here: the QDQ graph's ORT output is the reference and kernels may differ more
+    ref_runtime = "onnxruntime" if runtime == "tensorrt" else runtime
+    b = create_backend(ref_runtime, model, "cpu")
+    scores = [b.infer(x).score for x in inputs]
+    b.close()
+    np.savez_compressed(out / "golden.npz", **{f"x{i}": x for i, x in enumerate(inputs)})
+    tol = 1e-3 if precision == "fp32" else (0.05 if runtime == "tensorrt" else 1e-2)
+    return {"inputs": "golden.npz", "scores": scores, "tolerance": tol, "reference_runtime": ref_runtime}
+
+
+def default_config(target: Target, runtime: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "bundle": "/var/lib/lineside/bundle",
+        "state_dir": "/var/lib/lineside",
+        "cache_dir": "/var/cache/lineside",
+        "backend": {"device": target.device, "threads": 0},
+        "mqtt": {"host": "localhost", "port": 1883, "protocol": "5", "prefix": "lineside", "line": "line1"},
+        "stations": [{"name": "station1", "source": {"type": "folder", "path": "/var/lib/lineside/inbox"}}],
+    }
+
+
+def build_bundle(run: Path, target: Target, runtime: str, precision: str, artifacts: list[Path], primary: Path,
+                 quant: dict[str, Any] | None, golden_inputs: list[np.ndarray], out: Path) -> tuple[Path, Path]:
+    """Write the bundle folder and out.tar.gz; returns both paths."""
+    meta = json.loads((run / "model.json").read_text())
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for a in artifacts:
+        shutil.copy2(a, out / a.name)
+        if a.suffix == ".xml":
+            shutil.copy2(a.with_suffix(".bin"), out / a.with_suffix(".bin").name)
+    golden = _golden(runtime, out / primary.name, golden_inputs, out, precision)
+    (out / "config.yaml").write_text(yaml.safe_dump(default_config(target, runtime, meta), sort_keys=False))
+    shutil.copy2(unit_file(), out / "lineside.service")
+    from training import __version__ as tool_version
+
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "contract_version": CONTRACT_VERSION,
+        "model": {"family": meta["family"], "name": meta["model"], "variant": meta.get("variant"),
+                  "version": meta.get("created", "")},
+        "input": {"size_px": meta["size_px"], "colour_order": "RGB", "range": [0, 1], "layout": "NCHW",
+                  "resize": "bilinear"},
+        "threshold": quant["threshold"] if quant else meta["threshold"],
+        "output_affine": quant["output_affine"] if quant else {"scale": 1.0, "offset": 0.0},
+        "normalisation": meta["normalisation"],
+        "precision": precision,
+        "target": target.name,
+        "runtime": runtime,
+        "min_runtime_version": target.min_runtime_version,
+        "artifact": primary.name,
+        "training_data_fingerprint": meta["training_data_fingerprint"],
+        "quantization": {k: quant[k] for k in ("gate", "calibration") if k in quant} if quant else None,
+        "golden": golden,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool_version": tool_version,
+    }
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    manifest["files"] = {str(p.relative_to(out)): sha256_file(p) for p in files}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    archive = out.with_name(out.name + ".tar.gz")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(out, arcname=out.name)
+    return out, archive

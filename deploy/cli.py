@@ -1,0 +1,215 @@
+"""`edge-deploy --target jetson|intel-npu|arm|cpu RUN --out BUNDLE`, and `verify`, `inspect`, `build-engine`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from deploy.targets import TARGETS, Target
+
+__all__ = ["main"]
+
+_SUBCOMMANDS = ("verify", "inspect", "build-engine")
+
+
+def _quantized(run: Path, qruntime: str, max_drop: float, device: str) -> dict[str, Any]:
+    from quantize.cli import RUNTIMES, quantize_run
+
+    qdir = run / "quantized" / qruntime
+    qjson = qdir / "quant.json"
+    if qjson.is_file() and (qdir / RUNTIMES[qruntime][1]).is_file():
+        res = json.loads(qjson.read_text())
+        if res.get("device", "CPU") == device:
+            print(f"using existing {qruntime} INT8 artifact in {qdir}")
+            return res
+    return quantize_run(run, qruntime, max_drop, device=device)
+
+
+def _build(a: argparse.Namespace) -> int:
+    from deploy.bundle import build_bundle, measure_latency
+    from quantize.errors import GateFailed
+    from training.loop import load_images  # noqa: F401 - the build runs on a workstation with training installed
+    from edge.imaging import load_image, to_input
+
+    target: Target = TARGETS[a.target]
+    run = Path(a.run)
+    precision = a.precision or target.precisions[0]
+    if precision not in target.precisions:
+        raise SystemExit(f"edge-deploy: error: target {target.name} supports precisions {', '.join(target.precisions)}, not {precision}")
+    meta_path = run / "model.json"
+    if not meta_path.is_file():
+        raise SystemExit(f"edge-deploy: error: {run}: no model.json; train with `edge-train fit --out {run}` first")
+    meta = json.loads(meta_path.read_text())
+    from training.data import open_dataset
+
+    data = open_dataset(meta["dataset"])
+    golden = [to_input(load_image(s.path), int(meta["size_px"])) for s in (data.val[:2] + [t for t in data.test if t.label][:2])]
+    quant = None
+    runtime = target.runtime
+    measured: dict[str, float] = {}
+    if precision == "int8":
+        if target.name == "cpu":
+            options = {}
+            for qrt, rt in (("ort", "onnxruntime"), ("openvino", "openvino")):
+                q = _quantized(run, qrt, a.max_drop, "CPU")
+                if q["gate"]["passed"]:
+                    art = run / "quantized" / qrt / q["artifact"]
+                    measured[rt] = measure_latency(rt, art, golden[0])
+                    options[rt] = (q, art)
+            if not options:
+                raise GateFailed("no INT8 artifact passed the accuracy gate; deploy with --precision fp32 or retrain")
+            runtime = min(measured, key=measured.__getitem__)
+            quant, primary = options[runtime]
+            print("measured INT8 latency here: " + ", ".join(f"{k} {v:.1f} ms" for k, v in measured.items())
+                  + f" -> {runtime}")
+        else:
+            quant = _quantized(run, target.quantize_runtime, a.max_drop, "NPU" if target.name == "intel-npu" else "CPU")
+            if not quant["gate"]["passed"]:
+                raise GateFailed(f"INT8 accuracy gate failed (image-AUROC drop {quant['gate']['image_auroc_drop']}); "
+                                 "see quant.json, or deploy with --precision fp32")
+            primary = run / "quantized" / target.quantize_runtime / quant["artifact"]
+        artifacts = [primary]
+        if target.name == "jetson":
+            artifacts.append(run / "quantized" / "tensorrt" / "model_fp32.onnx")
+    else:
+        if target.name == "cpu":
+            runtime = "onnxruntime"
+        if runtime == "openvino":
+            from quantize.runtimes.openvino import convert_fp32
+
+            primary = convert_fp32(run / "model.onnx", run / "quantized" / "model_fp32.xml")
+        elif runtime == "tensorrt":
+            primary = run / "model.onnx"  # FP16 engine from the FP32 graph, built on the device
+        else:
+            primary = run / "model.onnx"
+        artifacts = [primary]
+    out = Path(a.out)
+    folder, archive = build_bundle(run, target, runtime, precision, artifacts, primary, quant, golden, out)
+    if measured:
+        print(json.dumps({"cpu_runtime_choice": measured}))
+    print(f"bundle: {folder}\narchive: {archive}")
+    from edge.app import load_model
+
+    if runtime != "tensorrt":
+        m = load_model(folder, "cpu", out.parent / ".cache", 0)
+        print(f"self-test here: passed on {m.backend.info.runtime} ({m.backend.info.device})")
+    print("next, on the device:")
+    print(f"  scp {archive} DEVICE:/tmp/ && ssh DEVICE 'sudo tar xzf /tmp/{archive.name} -C /var/lib/lineside "
+          f"&& sudo mv /var/lib/lineside/{folder.name} /var/lib/lineside/bundle'")
+    if target.name == "jetson":
+        print("  ssh DEVICE 'edge-deploy build-engine /var/lib/lineside/bundle --cache-dir /var/cache/lineside'")
+    print("  ssh DEVICE 'edge-deploy verify /var/lib/lineside/bundle && sudo systemctl restart lineside'")
+    return 0
+
+
+def _verify(a: argparse.Namespace) -> int:
+    from edge.app import load_model
+    from edge.bundle import load_bundle
+    from edge.errors import BackendUnavailable
+
+    b = load_bundle(Path(a.bundle))
+    print(f"hashes ok: {len(b.manifest['files'])} files")
+    runtime = b.runtime
+    try:
+        m = load_model(Path(a.bundle), a.device, Path(a.cache_dir), 0)
+        print(f"self-test passed on {m.backend.info.runtime} {m.backend.info.device} "
+              f"(max rel diff {m.selftest['max_rel_diff']:.2e})")
+    except BackendUnavailable as err:
+        if runtime != "tensorrt":
+            raise
+        # no TensorRT on this machine: check the graph the device will build, in ONNX Runtime
+        from edge.backends import create_backend
+        from edge.bundle import self_test
+
+        r = self_test(b, create_backend("onnxruntime", b.artifact, "cpu"))
+        print(f"TensorRT unavailable here ({err}); QDQ graph self-test in ONNX Runtime passed "
+              f"(max rel diff {r['max_rel_diff']:.2e})")
+    return 0
+
+
+def _inspect(a: argparse.Namespace) -> int:
+    from edge.bundle import load_bundle
+
+    b = load_bundle(Path(a.bundle))
+    m = b.manifest
+    rows = [("model", f"{m['model']['name']} ({m['model']['family']})"), ("created", m["created"]),
+            ("target", m["target"]), ("runtime", f"{m['runtime']} >= {m['min_runtime_version'] or 'any'}"),
+            ("precision", m["precision"]), ("input", f"{m['input']['size_px']}x{m['input']['size_px']} {m['input']['colour_order']}"),
+            ("threshold", f"{m['threshold']:.5f}"), ("artifact", m["artifact"]), ("bundle id", b.digest),
+            ("data fingerprint", m["training_data_fingerprint"][:16]), ("tool", m["tool_version"])]
+    q = m.get("quantization") or {}
+    if q.get("gate"):
+        g = q["gate"]
+        rows.append(("INT8 gate", f"AUROC drop {g['image_auroc_drop']}, spearman {g['spearman_scores']}, "
+                                  f"{'passed' if g['passed'] else 'FAILED'}"))
+    for k, v in rows:
+        print(f"{k:<18} {v}")
+    print("files:")
+    for f, h in m["files"].items():
+        print(f"  {h[:12]}  {f}")
+    return 0
+
+
+def _build_engine(a: argparse.Namespace) -> int:
+    from edge.backends.tensorrt import build_engine, trtexec_command
+    from edge.bundle import load_bundle
+
+    b = load_bundle(Path(a.bundle))
+    if b.runtime != "tensorrt":
+        raise SystemExit(f"edge-deploy: error: bundle runtime is {b.runtime}; build-engine is for jetson bundles")
+    precision = "int8" if b.manifest["precision"] == "int8" else "fp16"
+    cache = Path(a.cache_dir)
+    if a.print_command:
+        print(" ".join(trtexec_command(b.artifact, cache / "model.engine", precision, cache / "timing.cache", a.dla_core)))
+        return 0
+    path = build_engine(b.artifact, precision, cache, a.dla_core)
+    print(f"engine: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edge.errors import EdgeError
+    from quantize.errors import QuantizeError
+    from training.errors import TrainingError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _SUBCOMMANDS:
+        p = argparse.ArgumentParser(prog=f"edge-deploy {argv[0]}")
+        p.add_argument("bundle")
+        p.add_argument("--debug", action="store_true")
+        if argv[0] in ("verify", "build-engine"):
+            p.add_argument("--cache-dir", default="/var/cache/lineside" if argv[0] == "build-engine" else ".lineside-cache")
+        if argv[0] == "verify":
+            p.add_argument("--device", default="auto")
+        if argv[0] == "build-engine":
+            p.add_argument("--dla-core", type=int)
+            p.add_argument("--print-command", action="store_true", help="print the equivalent trtexec command")
+        fn = {"verify": _verify, "inspect": _inspect, "build-engine": _build_engine}[argv[0]]
+        a = p.parse_args(argv[1:])
+    else:
+        lines = "\n".join(f"  {t.name:<10} {t.summary}" for t in TARGETS.values())
+        p = argparse.ArgumentParser(prog="edge-deploy", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                    description="Build a device bundle.", epilog=f"targets:\n{lines}\n\nalso: "
+                                    "edge-deploy verify|inspect|build-engine BUNDLE")
+        p.add_argument("--target", required=True, choices=list(TARGETS))
+        p.add_argument("run", help="trained run folder")
+        p.add_argument("--out", required=True, help="bundle folder to write (and OUT.tar.gz)")
+        p.add_argument("--precision", choices=["int8", "fp16", "fp32"])
+        p.add_argument("--max-drop", type=float, default=0.005, help="INT8 accuracy gate (image-AUROC drop)")
+        p.add_argument("--debug", action="store_true")
+        a = p.parse_args(argv)
+        fn = _build
+    try:
+        return fn(a)
+    except (EdgeError, QuantizeError, TrainingError, FileNotFoundError) as err:
+        if a.debug:
+            raise
+        print(f"edge-deploy: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

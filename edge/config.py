@@ -1,0 +1,159 @@
+"""The daemon's YAML config, validated on load: unknown keys, wrong types and missing files are refused with
+the key path and the fix. Secrets come from environment variables or files, never from the YAML."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edge.errors import ConfigError
+
+__all__ = ["DaemonConfig", "load_config", "StationConfig", "MqttConfig"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FolderSource(_Strict):
+    type: Literal["folder"] = "folder"
+    path: Path = Field(description="watched folder; new image files are scored in arrival order")
+    done_dir: Path | None = Field(None, description="move scored files here (default: delete nothing, keep in place)")
+    failed_dir: Path | None = Field(None, description="move files that gave an error verdict here")
+    poll_s: float = Field(0.1, gt=0, description="polling interval")
+
+
+class CameraSource(_Strict):
+    type: Literal["camera"] = "camera"
+    uri: str = Field(description="device index ('0'), video file, RTSP URL or GStreamer pipeline ending in appsink")
+    fps_limit: float | None = Field(None, gt=0, description="score at most this many frames per second")
+
+
+class MqttSource(_Strict):
+    type: Literal["mqtt"] = "mqtt"
+    topic: str = Field(description="trigger topic: payload is an image, or JSON {id, path}")
+
+
+Source = Annotated[Union[FolderSource, CameraSource, MqttSource], Field(discriminator="type")]
+
+
+class StationConfig(_Strict):
+    name: str = Field(description="station name, used in topics", pattern=r"^[A-Za-z0-9_-]+$")
+    source: Source
+    threshold: float | None = Field(None, description="override the bundle's threshold for this station")
+
+
+class TlsConfig(_Strict):
+    ca: Path = Field(description="CA certificate of the broker")
+    cert: Path | None = Field(None, description="client certificate")
+    key: Path | None = Field(None, description="client private key")
+
+
+class MqttConfig(_Strict):
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = None
+    prefix: str = Field("lineside", description="topic prefix: <prefix>/<line>/<station>/verdict")
+    line: str = Field("line1", pattern=r"^[A-Za-z0-9_-]+$")
+    username: str | None = None
+    password_env: str | None = Field("LINESIDE_MQTT_PASSWORD", description="environment variable holding the password")
+    password_file: Path | None = Field(None, description="file holding the password (systemd LoadCredential)")
+    tls: TlsConfig | None = None
+    keepalive_s: int = Field(30, ge=5)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+    def password(self) -> str | None:
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        if self.password_env:
+            return os.environ.get(self.password_env)
+        return None
+
+
+class QueueConfig(_Strict):
+    max_items: int = Field(100_000, ge=10, description="verdicts kept while the broker is away; oldest dropped beyond")
+    max_age_s: float = Field(7 * 24 * 3600, gt=0, description="verdicts older than this are dropped (counted)")
+
+
+class HeatmapConfig(_Strict):
+    enabled: bool = True
+    max_files: int = Field(500, ge=1, description="oldest overlays are deleted beyond this many")
+
+
+class MetricsConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535, description="Prometheus port (0: pick a free one)")
+
+
+class BackendConfig(_Strict):
+    device: str = Field("auto", description="auto, cpu, npu, gpu, cuda, or dla:N (Jetson)")
+    threads: int = Field(0, ge=0, description="inference threads (0: runtime default)")
+
+
+class DaemonConfig(_Strict):
+    bundle: Path = Field(description="bundle folder built by edge-deploy")
+    state_dir: Path = Field(Path("/var/lib/lineside"), description="queue database, heatmaps")
+    cache_dir: Path = Field(Path("/var/cache/lineside"), description="compiled-model caches")
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    heatmaps: HeatmapConfig = Field(default_factory=HeatmapConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    stations: list[StationConfig] = Field(min_length=1)
+    max_pixels: int = Field(16384 * 16384, ge=1, description="frames larger than this are refused (error verdict)")
+
+    @field_validator("stations")
+    @classmethod
+    def _unique(cls, v: list[StationConfig]) -> list[StationConfig]:
+        names = [s.name for s in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"station names must be unique, got {names}")
+        return v
+
+
+def load_config(path: str | Path) -> DaemonConfig:
+    """Load and validate the YAML config; relative paths are resolved against the config's folder."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read config: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    try:
+        cfg = DaemonConfig(**raw)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"])
+        hint = "remove it or check its spelling" if e["type"] == "extra_forbidden" else f"got {e.get('input')!r}"
+        raise ConfigError(f"{p}: {loc}: {e['msg']} ({hint})") from err
+    base = p.resolve().parent
+
+    def fix(q: Path) -> Path:
+        return q if q.is_absolute() else base / q
+
+    cfg.bundle, cfg.state_dir, cfg.cache_dir = fix(cfg.bundle), fix(cfg.state_dir), fix(cfg.cache_dir)
+    for st in cfg.stations:
+        if isinstance(st.source, FolderSource):
+            st.source.path = fix(st.source.path)
+            st.source.done_dir = fix(st.source.done_dir) if st.source.done_dir else None
+            st.source.failed_dir = fix(st.source.failed_dir) if st.source.failed_dir else None
+    if cfg.mqtt.tls:
+        for name in ("ca", "cert", "key"):
+            f = getattr(cfg.mqtt.tls, name)
+            if f is not None and not fix(f).is_file():
+                raise ConfigError(f"{p}: mqtt.tls.{name}: file {fix(f)} does not exist")
+            if f is not None:
+                setattr(cfg.mqtt.tls, name, fix(f))
+    if cfg.mqtt.password_file is not None and not fix(cfg.mqtt.password_file).is_file():
+        raise ConfigError(f"{p}: mqtt.password_file: file {fix(cfg.mqtt.password_file)} does not exist")
+    return cfg
