@@ -43,7 +43,8 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, n_thresho
     if not masks.any():
         return float("nan")
     lo, hi = float(maps.min()), float(maps.max())
-    thresholds = np.linspace(hi, lo, n_thresholds)
+    # the last threshold flags every pixel, so the curve always reaches FPR 1
+    thresholds = np.r_[np.linspace(hi, lo, n_thresholds - 1), -np.inf]
     neg = ~masks
     n_neg = max(int(neg.sum()), 1)
     # FPR per threshold from a histogram of normal-pixel scores

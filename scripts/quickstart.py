@@ -1,0 +1,121 @@
+"""End-to-end demo on generated data: synthesize, train, quantize, build a CPU bundle, start a broker, run the
+daemon on a folder of test frames and print the verdicts a SCADA subscriber receives."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import yaml
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(cmd: list[str]) -> None:
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _start_broker(port: int) -> subprocess.Popen | threading.Thread:
+    exe = shutil.which("mosquitto") or (Path("/usr/sbin/mosquitto") if Path("/usr/sbin/mosquitto").exists() else None)
+    if exe:
+        conf = Path(tempfile.mkdtemp()) / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        print(f"broker: mosquitto on 127.0.0.1:{port}")
+        return subprocess.Popen([str(exe), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from amqtt.broker import Broker
+
+    print(f"broker: amqtt (in-process) on 127.0.0.1:{port}")
+    cfg = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+           "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(Broker(cfg, loop=loop).start())
+        loop.run_forever()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="quickstart-out")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=300)
+    a = ap.parse_args()
+    out = Path(a.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    data, run, bundle = out / "data", out / "run", out / "bundle"
+    _run([py, "-m", "training.cli", "synth", str(data), "--size", "256", "--n-train", "40", "--n-val", "12", "--n-test", "12"])
+    _run([py, "-m", "training.cli", "fit", "--data", str(data), "--model", "efficientad-s", "--size", str(a.size),
+          "--steps", str(a.steps), "--out", str(run)])
+    _run([py, "-m", "quantize.cli", str(run), "--runtime", "ort", "--max-drop", "0.02"])
+    _run([py, "-m", "deploy.cli", "--target", "cpu", str(run), "--out", str(bundle), "--max-drop", "0.02"])
+
+    port = _free_port()
+    broker = _start_broker(port)
+    inbox = out / "inbox"
+    shutil.rmtree(inbox, ignore_errors=True)
+    inbox.mkdir()
+    cfg = yaml.safe_load((bundle / "config.yaml").read_text())
+    cfg.update({"bundle": str(bundle), "state_dir": str(out / "state"), "cache_dir": str(out / "cache")})
+    cfg["mqtt"].update({"port": port, "host": "127.0.0.1"})
+    cfg["metrics"] = {"enabled": False}
+    cfg["stations"] = [{"name": "station1", "source": {"type": "folder", "path": str(inbox)}}]
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    received: list[dict] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="quickstart-scada")
+    sub.on_connect = lambda c, *_: c.subscribe("lineside/line1/#", qos=1)
+
+    def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/verdict"):
+            v = json.loads(msg.payload)
+            received.append(v)
+            print(f"  SCADA <- {msg.topic}: {Path(v['frame']).name:<28} {v['outcome']:<5} score {v['score']}"
+                  f"  {v['latency']['total_ms']:.1f} ms")
+
+    sub.on_message = on_message
+    for _ in range(50):
+        try:
+            sub.connect("127.0.0.1", port)
+            break
+        except OSError:
+            time.sleep(0.1)
+    sub.loop_start()
+    frames = sorted((data / "test").rglob("*.png"))
+    for f in frames:
+        shutil.copy2(f, inbox / f"{f.parent.name}-{f.name}")
+    (inbox / "corrupt-frame.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    print(f"daemon: scoring {len(frames) + 1} frames from {inbox}")
+    _run([py, "-m", "edge.cli", "--config", str(out / "config.yaml"), "--exit-when-idle", "3", "--log-level", "WARNING"])
+    time.sleep(1)
+    sub.loop_stop()
+    if isinstance(broker, subprocess.Popen):
+        broker.terminate()
+    counts = {k: sum(v["outcome"] == k for v in received) for k in ("ok", "ng", "error")}
+    print(f"\n{len(received)} verdicts received over MQTT: {counts}")
+    print(f"report and plots: {run / 'report.json'}, {run / 'plots'}")
+    print(f"INT8 gate: {run / 'quantized' / 'ort' / 'quant.json'}  heatmaps of NG frames: {out / 'state' / 'heatmaps'}")
+    return 0 if len(received) == len(frames) + 1 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

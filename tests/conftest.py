@@ -1,0 +1,87 @@
+"""Shared fixtures: a tiny synthetic dataset, a tiny trained run (session-scoped), a real MQTT broker."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mosquitto_exe() -> str | None:
+    exe = shutil.which("mosquitto")
+    if exe is None and Path("/usr/sbin/mosquitto").exists():
+        exe = "/usr/sbin/mosquitto"
+    return exe
+
+
+class Mosquitto:
+    """A real mosquitto on a loopback port; stop() and start() keep the port (for outage tests)."""
+
+    def __init__(self, extra_conf: str = "") -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="mosq-"))
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(extra_conf or f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([mosquitto_exe(), "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(5)
+            self.proc = None
+
+
+@pytest.fixture()
+def broker():
+    if mosquitto_exe() is None:
+        pytest.skip("mosquitto not installed (scripts/setup.sh installs it)")
+    b = Mosquitto()
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    from training.synth import SynthSpec, write_synthetic
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    return write_synthetic(root, SynthSpec(size_px=128, n_train=16, n_val=6, n_test_good=6, n_structural=6, n_logical=6))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    """A tiny EfficientAD trained for a few steps at 64 px, exported to ONNX."""
+    from training.config import FitConfig
+    from training.data import open_dataset
+    from training.export import export_onnx
+    from training.loop import fit, load_images
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = FitConfig(model="efficientad-tiny", size_px=64, steps=40, batch_size=4, checkpoint_every=20)
+    data = open_dataset(tiny_data)
+    state = fit(cfg, data, out, progress=False)
+    export_onnx(state, out, load_images(data.val[:2], 64))
+    return out

@@ -1,0 +1,34 @@
+import subprocess
+import sys
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True)
+
+
+def test_unknown_config_key_is_a_one_line_error(tmp_path, tiny_data):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("stepz: 3\n")
+    r = _run("fit", "--data", str(tiny_data), "--config", str(cfg), "--out", str(tmp_path / "r"))
+    assert r.returncode == 1
+    assert "stepz" in r.stderr and "valid keys" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_missing_dataset_names_the_folder(tmp_path):
+    r = _run("fit", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"))
+    assert r.returncode == 1 and "nope" in r.stderr
+
+
+def test_fit_resume_and_report(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    common = ["fit", "--data", str(tiny_data), "--model", "efficientad-tiny", "--size", "64", "--out", str(out),
+              "--batch-size", "2", "--quiet"]
+    assert _run(*common, "--steps", "3").returncode == 0
+    r = _run(*common, "--steps", "5", "--resume")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    assert json.loads((out / "train.json").read_text())["steps_done"] == 5
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["image_auroc_by_kind"]) == {"logical", "structural"}
+    assert all((out / "plots" / p).stat().st_size > 1000 for p in rep["plots"])

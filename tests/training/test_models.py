@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from training.models import MODELS, build_model
+from training.models.snc import SncHead
+from training.errors import TrainConfigError
+
+
+def test_trained_run_separates_defects_and_exports_the_contract(tiny_run):
+    report = json.loads((tiny_run / "model.json").read_text())
+    proto = onnx.load(str(tiny_run / "model.onnx"))
+    onnx.checker.check_model(proto)
+    assert proto.opset_import[0].version == 17
+    ins = {i.name: i for i in proto.graph.input}
+    outs = {o.name: o for o in proto.graph.output}
+    assert list(ins) == ["image"] and set(outs) == {"anomaly_map", "score"}
+    dims = lambda v: [d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    assert dims(ins["image"]) == [1, 3, 64, 64] and dims(outs["anomaly_map"]) == [1, 1, 64, 64] and dims(outs["score"]) == [1]
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in [*ins.values(), *outs.values()])
+    assert report["parity"]["max_abs_diff_score"] < 1e-4
+    assert report["threshold"] > 0
+
+
+def test_ort_matches_torch_on_new_input(tiny_run):
+    from training.loop import load_run
+
+    state = load_run(tiny_run)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        t_map, t_score = state.model(x)
+    o_map, o_score = ort.InferenceSession(str(tiny_run / "model.onnx")).run(None, {"image": x.numpy()})
+    assert np.abs(o_map - t_map.numpy()).max() < 1e-4 * max(1, float(t_score))
+    assert abs(float(o_score[0]) - float(t_score[0])) < 1e-4 * max(1, float(t_score))
+
+
+def test_training_report_beats_chance(tiny_run, tiny_data):
+    from training.data import open_dataset
+    from training.evaluate import evaluate
+    from training.loop import load_run
+
+    rep, _ = evaluate(load_run(tiny_run), open_dataset(tiny_data))
+    assert rep["image_auroc_by_kind"]["structural"] > 0.6
+    assert 0 <= rep["false_alarm_rate"] <= 1
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registered_model_has_a_working_training_step(name):
+    from training.models.base import TrainBatch
+
+    params = {"size": "tiny", "pretrained_backbone": False} if name.startswith("efficientad") else {}
+    m = build_model(name, params, 64)
+    x = torch.rand(2, 3, 64, 64)
+    m.prepare(x, progress=False)
+    losses = m.training_losses(TrainBatch(torch.arange(2), x), 0, 1)
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"])
+    m.eval()
+    amap, score = m(x[:1])
+    assert amap.shape == (1, 1, 64, 64) and score.shape == (1,)
+
+
+@pytest.mark.parametrize("mode", ["truncate", "hinge"])
+def test_margin_constraint_changes_the_ae_loss(mode):
+    from training.models.base import TrainBatch
+
+    base = {"size": "tiny", "pretrained_backbone": False, "penalty": False}
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        m = build_model("efficientad-tiny", {**base, "margin": {"enabled": enabled, "mode": mode, "quantile": 0.9}}, 64)
+        m.prepare(x, progress=False)
+        out[enabled] = m.training_losses(TrainBatch(torch.arange(2), x), 0, 1)
+    assert float(out[True]["ae"]) < float(out[False]["ae"])  # distinctive elements left out of the AE loss
+    assert ("separation" in out[True]) == (mode == "hinge")
+
+
+def test_unknown_param_is_refused():
+    with pytest.raises(TrainConfigError, match="params.tacher"):
+        build_model("efficientad-s", {"tacher": "lite0"}, 64)
+
+
+def test_snc_codes_only_the_neighbourhood():
+    f = torch.zeros(1, 2, 7, 7)
+    f[0, 0, 3, 3] = 9.0
+    code = SncHead(2, kernel=3)(f)
+    assert code.shape == (1, 4, 7, 7)
+    changed = code.abs().sum(dim=1)[0] > 0
+    assert changed[2:5, 2:5].all() and changed.sum() == 9  # the impulse reaches exactly its 3x3 neighbourhood
+    assert code[0, 2, 3, 3] == pytest.approx(9.0 - 1.0)  # contrast to the neighbourhood mean (9 / 9)
