@@ -22,7 +22,7 @@ def _quantized(run: Path, qruntime: str, max_drop: float, device: str) -> dict[s
     qjson = qdir / "quant.json"
     if qjson.is_file() and (qdir / RUNTIMES[qruntime][1]).is_file():
         res = json.loads(qjson.read_text())
-        if res.get("device", "CPU") == device:
+        if res.get("device", "CPU") == device and res["gate"].get("max_drop") == max_drop:
             print(f"using existing {qruntime} INT8 artifact in {qdir}")
             return res
     return quantize_run(run, qruntime, max_drop, device=device)

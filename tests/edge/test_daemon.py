@@ -1,0 +1,206 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+from edge.config import load_config
+from edge.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    r = subprocess.run([sys.executable, "-m", "deploy.cli", "--target", "arm", str(tiny_run), "--out", str(out),
+                        "--max-drop", "1.0"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+class Subscriber:
+    def __init__(self, port: int) -> None:
+        self.verdicts: list[dict] = []
+        self.status: list[dict] = []
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"scada-{time.time_ns()}")
+        self.c.on_connect = lambda c, *_: c.subscribe("lineside/#", qos=1)
+        self.c.on_message = self._msg
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+
+    def _msg(self, c, u, m):
+        (self.verdicts if m.topic.endswith("/verdict") else self.status).append(json.loads(m.payload))
+
+    def wait(self, n: int, timeout: float = 60) -> None:
+        end = time.time() + timeout
+        while len({v["id"] for v in self.verdicts}) < n and time.time() < end:
+            time.sleep(0.1)
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def _config(tmp_path: Path, bundle: Path, port: int) -> Path:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir(exist_ok=True)
+    cfg = {"bundle": str(bundle), "state_dir": str(tmp_path / "state"), "cache_dir": str(tmp_path / "cache"),
+           "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.5, "reconnect_max_s": 1},
+           "metrics": {"port": 0}, "stations": [{"name": "s1", "source": {"type": "folder", "path": str(inbox)}}]}
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _frames(tiny_data: Path, inbox: Path, n: int, start: int = 0) -> None:
+    srcs = sorted((tiny_data / "test").rglob("*.png"))
+    for i in range(start, start + n):
+        (inbox / f".{i:05d}.png").write_bytes(srcs[i % len(srcs)].read_bytes())
+        (inbox / f".{i:05d}.png").rename(inbox / f"{i:05d}.png")
+
+
+def _daemon(cfg: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_verdicts_and_bad_frames(broker, bundle, tiny_data, tmp_path):
+    cfg = _config(tmp_path, bundle, broker.port)
+    sub = Subscriber(broker.port)
+    inbox = tmp_path / "inbox"
+    _frames(tiny_data, inbox, 4)
+    (inbox / "zero.png").write_bytes(b"")
+    (inbox / "trunc.jpg").write_bytes((tiny_data / "train/good/000.png").read_bytes()[:300])
+    (inbox / "notes.txt").write_text("hello")
+    p = _daemon(cfg, "--exit-when-idle", "2")
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, out
+    sub.wait(7, 10)
+    sub.close()
+    by_frame = {Path(v["frame"]).name: v for v in sub.verdicts}
+    assert {by_frame[n]["outcome"] for n in ("zero.png", "trunc.jpg", "notes.txt")} == {"error"}
+    assert all(by_frame[f"{i:05d}.png"]["outcome"] in ("ok", "ng") for i in range(4))
+    v = by_frame["00000.png"]
+    for key in ("id", "station", "score", "threshold", "latency", "model", "bundle", "captured_at", "scored_at"):
+        assert key in v
+    assert set(v["latency"]) == {"decode_ms", "preprocess_ms", "inference_ms", "total_ms"}
+    assert any(s.get("state") == "stopped" for s in sub.status)
+    assert sorted(p.name for p in (inbox / "failed").iterdir()) == ["notes.txt", "trunc.jpg", "zero.png"]
+
+
+def test_broker_outage_loses_nothing(broker, bundle, tiny_data, tmp_path):
+    cfg = _config(tmp_path, bundle, broker.port)
+    sub = Subscriber(broker.port)
+    inbox = tmp_path / "inbox"
+    p = _daemon(cfg)
+    try:
+        _frames(tiny_data, inbox, 10)
+        sub.wait(10, 60)
+        broker.stop()
+        _frames(tiny_data, inbox, 15, start=10)  # scored while the broker is down: queued on disk
+        time.sleep(11)
+        broker.start()
+        sub.close()
+        sub = Subscriber(broker.port)  # a new session: the first subscriber's went away with the broker
+        sub.verdicts = [v for v in sub.verdicts]
+        sub.wait(15, 60)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=60)
+    frames = [Path(v["frame"]).name for v in sub.verdicts]
+    expected = [f"{i:05d}.png" for i in range(10, 25)]
+    first_seen = list(dict.fromkeys(frames))
+    assert [f for f in first_seen if f in expected] == expected  # every verdict, in order
+    ids = [v["id"] for v in sub.verdicts]
+    assert len(set(ids)) == len(set(frames))  # one id per frame: duplicates are QoS-1 redeliveries only
+
+
+def test_sigkill_restart_loses_nothing(broker, bundle, tiny_data, tmp_path):
+    cfg = _config(tmp_path, bundle, broker.port)
+    broker.stop()  # verdicts pile up in the on-disk queue
+    p = _daemon(cfg)
+    _frames(tiny_data, tmp_path / "inbox", 6)
+    end = time.time() + 60
+    while len(list((tmp_path / "inbox" / "done").glob("*.png"))) < 6 and time.time() < end:
+        time.sleep(0.2)
+    p.kill()
+    p.wait()
+    broker.start()
+    sub = Subscriber(broker.port)
+    p2 = _daemon(cfg)
+    try:
+        sub.wait(6, 60)
+    finally:
+        p2.send_signal(signal.SIGTERM)
+        p2.communicate(timeout=60)
+        sub.close()
+    assert {Path(v["frame"]).name for v in sub.verdicts} == {f"{i:05d}.png" for i in range(6)}
+
+
+def test_last_will_when_daemon_dies(broker, bundle, tmp_path):
+    cfg = _config(tmp_path, bundle, broker.port)
+    sub = Subscriber(broker.port)
+    p = _daemon(cfg)
+    end = time.time() + 60
+    while not any(s.get("state") == "online" for s in sub.status) and time.time() < end:
+        time.sleep(0.1)
+    p.kill()
+    p.wait()
+    end = time.time() + 60  # the broker notices the dead socket at once (RST) and sends the will
+    while not any(s.get("state") == "offline" for s in sub.status) and time.time() < end:
+        time.sleep(0.1)
+    sub.close()
+    assert any(s.get("state") == "online" and s.get("bundle") for s in sub.status)
+    assert any(s.get("state") == "offline" for s in sub.status)
+
+
+def test_sd_notify_sequence(broker, bundle, tmp_path):
+    cfg = _config(tmp_path, bundle, broker.port)
+    sock_path = tmp_path / "notify.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(sock_path))
+    s.settimeout(60)
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
+    p = subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    msgs = []
+    while not any("READY=1" in m for m in msgs):
+        msgs.append(s.recv(4096).decode())
+    while not any("WATCHDOG=1" in m for m in msgs):
+        msgs.append(s.recv(4096).decode())
+    p.send_signal(signal.SIGTERM)
+    while not any("STOPPING=1" in m for m in msgs):
+        msgs.append(s.recv(4096).decode())
+    p.wait(30)
+    joined = "\n".join(msgs)
+    assert joined.index("READY=1") < joined.index("WATCHDOG=1") < joined.index("STOPPING=1")
+    assert "STATUS=" in joined
+
+
+def test_tampered_bundle_refused_at_start(bundle, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    (bad / "config.yaml").write_text("tampered: true\n")
+    cfg = _config(tmp_path, bad, 1)
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "config.yaml" in r.stderr and "SHA-256" in r.stderr
+
+
+def test_config_errors_name_the_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"bundle": "b", "stations": [{"name": "s", "source": {"type": "folder", "path": "x"}}],
+                                 "mqtt": {"hots": "x"}}))
+    with pytest.raises(ConfigError, match="mqtt.hots"):
+        load_config(p)
+    p.write_text(yaml.safe_dump({"bundle": "b", "stations": [{"name": "s", "source": {"type": "webcam"}}]}))
+    with pytest.raises(ConfigError, match="stations.0.source"):
+        load_config(p)

@@ -1,0 +1,52 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from quantize.cli import quantize_run
+from quantize.gate import gate_report
+
+
+@pytest.mark.parametrize("runtime", ["ort", "openvino"])
+def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
+    res = quantize_run(tiny_run, runtime, max_drop=1.0)
+    assert res["gate"]["passed"]
+    assert (tiny_run / "quantized" / runtime / res["artifact"]).is_file()
+    assert res["threshold"] > 0 and res["output_affine"]["scale"] > 0
+    assert len(res["mixed_precision"]["candidates"]) >= 2  # the choice was measured, not assumed
+    assert (tiny_run / "quantized" / runtime / "gate.png").stat().st_size > 1000
+
+
+def test_gate_fails_when_int8_scores_are_scrambled():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(20, int), np.ones(20, int)]
+    fs = labels + rng.normal(0, 0.1, 40)
+    maps = np.zeros((40, 4, 4))
+    rep = gate_report(labels, None, (maps, fs), (maps, rng.permutation(fs)), 0.5, 0.5, 0.005)
+    assert not rep["passed"] and rep["image_auroc_drop"] > 0.005
+
+
+def test_cli_exits_1_when_gate_is_exceeded(tiny_run):
+    r = subprocess.run([sys.executable, "-m", "quantize.cli", str(tiny_run), "--runtime", "ort", "--max-drop", "-1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "gate failed" in r.stderr
+    assert json.loads((tiny_run / "quantized" / "ort" / "quant.json").read_text())["gate"]["passed"] is False
+
+
+def test_tensorrt_graph_is_symmetric_qdq_and_runs_in_ort(tiny_run):
+    import onnxruntime as ort
+
+    res = quantize_run(tiny_run, "tensorrt", max_drop=1.0)
+    path = tiny_run / "quantized" / "tensorrt" / res["artifact"]
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    zps = [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)  # symmetric INT8, as TensorRT expects
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    q = ort.InferenceSession(str(path)).run(None, {"image": x})
+    f = ort.InferenceSession(str(tiny_run / "quantized" / "tensorrt" / "model_fp32.onnx")).run(None, {"image": x})
+    assert q[0].shape == f[0].shape and np.isfinite(q[1]).all()
