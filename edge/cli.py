@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--debug", action="store_true")
     a = p.parse_args(argv)
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack to the journal
     logging.basicConfig(level=a.log_level.upper(), stream=sys.stdout,
                         format="%(levelname)s %(name)s: %(message)s")  # journald adds the timestamp
     from edge.app import Daemon, load_model

@@ -29,14 +29,18 @@ RUNTIMES: dict[str, tuple[str, str]] = {
 }
 
 
+TEACHER_PREFIX = "/model/teacher/"
 # OpenVINO operation types of the distance/normalisation head: the anomaly signal is a small difference
 # of large activations, so these are a candidate for staying in float
-OV_ELEMENTWISE = ("Subtract", "Multiply", "Divide", "Power", "ReduceMean", "ReduceMax", "Interpolate", "Concat")
+OV_ELEMENTWISE = ("Add", "Subtract", "Multiply", "Divide", "Power", "ReduceMean", "ReduceMax", "Interpolate", "Concat")
 
 
 def _candidates(runtime: str, finals: list[str], teacher: list[str]) -> list[dict[str, Any]]:
-    """What to try: calibration methods, and how much stays float (nothing, final convs, + the teacher)."""
-    keep = [[], finals, sorted(set(finals + teacher))] if teacher else [[], finals]
+    """What to try: calibration methods, and how much stays float (nothing, final convs, + the teacher branch).
+
+    Entries ending in '/' are branch prefixes: every node whose name starts with it stays float.
+    """
+    keep = [[], finals, sorted(set(finals)) + [TEACHER_PREFIX]] if teacher else [[], finals]
     if runtime == "ort":
         c = [{"method": m, "scope": "conv", "keep_float": []} for m in ("minmax", "entropy", "percentile")]
         c += [{"method": "minmax", "scope": "all", "keep_float": []}]
@@ -104,14 +108,13 @@ def quantize_run(run: Path, runtime: str, max_drop: float = 0.005, calib_dir: Pa
         sel_inputs, sel_labels = _select_set(held_out, size, 0)
         f_sel_maps, f_sel = score_all("onnxruntime", fp32, sel_inputs)
         finals = final_convs(fp32)
-        teacher = branch_convs(fp32, "/model/teacher/")
+        teacher = branch_convs(fp32, TEACHER_PREFIX)
         rows = []
         best: tuple[tuple[float, float], dict[str, Any], Path] | None = None
         tmp = Path(tempfile.mkdtemp(prefix="lineside-q-"))
         cands = _candidates(runtime, finals, teacher)
         for i, cand in enumerate(cands):
-            shown = {**cand, "keep_float": f"{len(cand['keep_float'])} convs"}
-            print(f"[2/4] candidate {i + 1}/{len(cands)}: {shown}", flush=True)
+            print(f"[2/4] candidate {i + 1}/{len(cands)}: {cand}", flush=True)
             name = RUNTIMES[runtime][1]
             art = _build(runtime, fp32, _mk(tmp / f"c{i}") / name, calib, cand, device)
             q_maps, q_sel = score_all(RUNTIMES[runtime][0], art, sel_inputs)
@@ -120,7 +123,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = 0.005, calib_dir: Pa
 
             rho = float(spearmanr(f_sel, q_sel).statistic)
             err = float(np.abs(q_maps - f_sel_maps).mean())
-            rows.append({**cand, "keep_float": len(cand["keep_float"]), "selection_auroc": round(a, 5),
+            rows.append({**cand, "selection_auroc": round(a, 5),
                          "spearman": round(rho, 5), "mean_abs_map_error": round(err, 6)})
             key = (round(a, 4), rho)
             if best is None or key > best[0]:
@@ -190,10 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-quantize: error: {err}", file=sys.stderr)
         return 1
     g = res["gate"]
-    chosen = dict(res["mixed_precision"]["chosen"])
-    if "keep_float" in chosen:
-        chosen["keep_float"] = f"{len(chosen['keep_float'])} convs"
-    print(f"{a.runtime} INT8: {res['artifact']}  chosen {chosen}")
+    print(f"{a.runtime} INT8: {res['artifact']}  chosen {res['mixed_precision']['chosen']}")
     for k in ("image_auroc_fp32", "image_auroc_int8", "image_auroc_drop", "aupro_drop", "spearman_scores",
               "false_alarm_rate_change"):
         if k in g:

@@ -116,7 +116,10 @@ class MqttPublisher:
             except (RuntimeError, ValueError):
                 pass
         self.client.disconnect()  # clean DISCONNECT: the broker does not send the will
-        self.client.loop_stop()
+        # bounded: a network thread stuck in a reconnect must not hold up a stop that systemd is timing
+        stopper = threading.Thread(target=self.client.loop_stop, daemon=True)
+        stopper.start()
+        stopper.join(5)
         self._sender.join(timeout=2)
 
     # --- paho callbacks (network thread) -------------------------------------------------------

@@ -38,12 +38,24 @@ def quantize_qdq(fp32: Path, out: Path, reader: CalibrationReader, method: str =
         extra.update({"ActivationSymmetric": True, "WeightSymmetric": True})
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
+    exclude = _expand(pre, exclude or [])
     reader.rewind()
     quantize_static(
         str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=calib, nodes_to_exclude=exclude or [],
+        calibrate_method=calib, nodes_to_exclude=exclude,
         op_types_to_quantize=["Conv", "MatMul", "Gemm"] if scope == "conv" else None, extra_options=extra,
     )
     pre.unlink(missing_ok=True)
     return out
+
+
+def _expand(model: Path, names: list[str]) -> list[str]:
+    """Node names, with entries ending in '/' expanded to every node under that prefix."""
+    import onnx
+
+    prefixes = [n for n in names if n.endswith("/")]
+    if not prefixes:
+        return names
+    nodes = [n.name for n in onnx.load(str(model)).graph.node]
+    return [n for n in names if not n.endswith("/")] + [n for n in nodes if any(n.startswith(p) for p in prefixes)]

@@ -6,6 +6,7 @@ picks the NPU's or the CPU's quantization scheme.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from quantize.calib import CalibrationReader
@@ -38,8 +39,10 @@ def quantize_nncf(fp32: Path, out: Path, reader: CalibrationReader, device: str 
     model = ov.convert_model(str(fp32))
     ignored = None
     if ignore or float_types:
-        # OpenVINO keeps the ONNX node name as the prefix of the operation's friendly name
-        ignored = nncf.IgnoredScope(patterns=[f"^{n}(/.*)?$" for n in ignore or []], types=float_types or [],
+        # OpenVINO keeps the ONNX node name as the prefix of the operation's friendly name; a trailing '/'
+        # marks a whole branch
+        pats = [f"^{re.escape(n)}.*" if n.endswith("/") else f"^{re.escape(n)}(/.*)?$" for n in ignore or []]
+        ignored = nncf.IgnoredScope(patterns=pats, types=float_types or [],
                                     validate=False)
     target = {"CPU": nncf.TargetDevice.CPU, "NPU": nncf.TargetDevice.NPU}[device]
     dataset = nncf.Dataset(reader.inputs)

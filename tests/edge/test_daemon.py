@@ -71,6 +71,20 @@ def _daemon(cfg: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _stop(p: subprocess.Popen, timeout: float = 60) -> str:
+    """SIGTERM and wait; a daemon that does not stop dumps its threads' stacks (SIGUSR1) into the failure."""
+    p.send_signal(signal.SIGTERM)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+        return out or ""
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        p.kill()
+        out, _ = p.communicate()
+        pytest.fail(f"daemon did not stop within {timeout} s after SIGTERM:\n{out[-6000:]}")
+
+
 def test_verdicts_and_bad_frames(broker, bundle, tiny_data, tmp_path):
     cfg = _config(tmp_path, bundle, broker.port)
     sub = Subscriber(broker.port)
@@ -112,8 +126,7 @@ def test_broker_outage_loses_nothing(broker, bundle, tiny_data, tmp_path):
         sub.verdicts = [v for v in sub.verdicts]
         sub.wait(15, 60)
     finally:
-        p.send_signal(signal.SIGTERM)
-        p.communicate(timeout=60)
+        _stop(p)
     frames = [Path(v["frame"]).name for v in sub.verdicts]
     expected = [f"{i:05d}.png" for i in range(10, 25)]
     first_seen = list(dict.fromkeys(frames))
@@ -138,9 +151,8 @@ def test_sigkill_restart_loses_nothing(broker, bundle, tiny_data, tmp_path):
     try:
         sub.wait(6, 60)
     finally:
-        p2.send_signal(signal.SIGTERM)
-        p2.communicate(timeout=60)
         sub.close()
+        _stop(p2)
     assert {Path(v["frame"]).name for v in sub.verdicts} == {f"{i:05d}.png" for i in range(6)}
 
 

@@ -1,0 +1,89 @@
+"""Accuracy benchmark: train and evaluate model variants on fresh synthetic data and on ELPV solar cells.
+
+    python -m bench.accuracy --minutes 8 --out bench-out/accuracy
+
+Prints a table and writes JSON: image AUROC (logical/structural on synthetic), pixel AUROC and AUPRO where
+masks exist, train minutes, parameters, GMAC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import conv_gmac, machine, save, table, write_elpv
+
+# name -> (model, params)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "efficientad-s lite0": ("efficientad-s", {"teacher": "lite0"}),
+    "efficientad-s lite0 +margin": ("efficientad-s", {"teacher": "lite0", "margin": {"enabled": True, "mode": "truncate"}}),
+    "efficientad-s lite0 no-gauss": ("efficientad-s", {"teacher": "lite0", "gaussian": False}),
+    "efficientad-s pdn": ("efficientad-s", {"teacher": "pdn"}),
+    "efficientad-s pdn +margin": ("efficientad-s", {"teacher": "pdn", "margin": {"enabled": True, "mode": "truncate"}}),
+}
+
+
+def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: int, batch: int, seed: int) -> dict[str, Any]:
+    from training.config import FitConfig
+    from training.data import open_dataset
+    from training.errors import TrainingError
+    from training.evaluate import evaluate
+    from training.loop import fit
+
+    model, params = VARIANTS[name]
+    cfg = FitConfig(model=model, params=params, size_px=size, steps=steps, batch_size=batch, max_minutes=minutes,
+                    seed=seed, checkpoint_every=10_000)
+    t0 = time.monotonic()
+    try:
+        state = fit(cfg, open_dataset(data, seed=seed), out, progress=False)
+    except TrainingError as err:
+        return {"variant": name, "data": data.name, "error": str(err)}
+    rep, _ = evaluate(state, open_dataset(data, seed=seed))
+    m = state.model
+    trainable = sum(p.numel() for p in m.parameters())
+    row = {"variant": name, "data": data.name, "size_px": size, "image_auroc": rep["image_auroc"],
+           "logical": rep["image_auroc_by_kind"].get("logical"), "structural": rep["image_auroc_by_kind"].get("structural"),
+           "pixel_auroc": rep.get("pixel_auroc"), "aupro": rep.get("aupro_0.3"),
+           "train_min": state.meta["train_minutes"], "steps": state.meta["steps_done"],
+           "params_M": round(trainable / 1e6, 2), "gmac": round(conv_gmac(m, size), 2),
+           "wall_min": round((time.monotonic() - t0) / 60, 1)}
+    print(row, flush=True)
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--datasets", nargs="*", default=["synthetic", "elpv-mono", "elpv-poly"])
+    ap.add_argument("--minutes", type=float, default=60.0, help="training budget per model")
+    ap.add_argument("--steps", type=int, default=100_000)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    from training.synth import SynthSpec, write_synthetic
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    sets: dict[str, Path] = {}
+    for d in a.datasets:
+        if d == "synthetic":
+            sets[d] = write_synthetic(a.out / "synthetic", SynthSpec(size_px=256, seed=a.seed + 100))
+        else:
+            sets[d] = write_elpv(a.out, d.split("-")[1], a.seed)
+    rows = []
+    for dname, path in sets.items():
+        for v in a.variants:
+            rows.append(run_one(v, path, a.out / "runs" / f"{dname}-{v.replace(' ', '_')}", a.size, a.minutes,
+                                a.steps, a.batch, a.seed))
+            save(a.out / "accuracy.json", {"machine": machine(), "args": {k: str(v) for k, v in vars(a).items()}, "rows": rows})
+    cols = ["variant", "data", "image_auroc", "logical", "structural", "pixel_auroc", "aupro", "train_min", "steps",
+            "params_M", "gmac"]
+    print(table(rows, cols))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
