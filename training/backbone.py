@@ -72,13 +72,20 @@ class LiteBackbone(nn.Module):
         self.blocks = nn.ModuleList(net._blocks[: last + 1])
         self.channels = [STAGE_CHANNELS[name][s - 1] for s in self.stages]
         self.strides = [STAGE_STRIDE[s - 1] for s in self.stages]
+        self.is_trainable = False
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "LiteBackbone":
-        # Always frozen: BN statistics are ImageNet's.
-        return super().train(False)
+        # A frozen backbone keeps ImageNet's BN statistics; a trainable copy (FCL's student) trains normally.
+        return super().train(mode and self.is_trainable)
+
+    def unfreeze(self) -> None:
+        """Make this copy trainable (a student with the backbone's topology)."""
+        self.is_trainable = True
+        for p in self.parameters():
+            p.requires_grad_(True)
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(image * (255.0 / 128.0) - (127.0 / 128.0))

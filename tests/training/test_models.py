@@ -52,8 +52,8 @@ def test_training_report_beats_chance(tiny_run, tiny_data):
 def test_every_registered_model_has_a_working_training_step(name):
     from training.models.base import TrainBatch
 
-    params = {"size": "tiny", "pretrained_backbone": False} if name.startswith("efficientad") else {}
-    m = build_model(name, params, 64)
+    params = {"size": "tiny"} if name.startswith("efficientad") else {}
+    m = build_model(name, {**params, "pretrained_backbone": False}, 64)
     x = torch.rand(2, 3, 64, 64)
     m.prepare(x, progress=False)
     losses = m.training_losses(TrainBatch(torch.arange(2), x), 0, 1)
@@ -93,3 +93,41 @@ def test_snc_codes_only_the_neighbourhood():
     changed = code.abs().sum(dim=1)[0] > 0
     assert changed[2:5, 2:5].all() and changed.sum() == 9  # the impulse reaches exactly its 3x3 neighbourhood
     assert code[0, 2, 3, 3] == pytest.approx(9.0 - 1.0)  # contrast to the neighbourhood mean (9 / 9)
+
+
+@pytest.mark.parametrize("name", ["efficientad-tiny", "ast-tiny", "fcl-tiny"])
+def test_every_family_fits_exports_and_matches_ort(name, tiny_data, tmp_path):
+    from training.config import FitConfig
+    from training.data import open_dataset
+    from training.export import export_onnx
+    from training.loop import fit, load_images
+
+    cfg = FitConfig(model=name, size_px=64, steps=4, batch_size=2)
+    data = open_dataset(tiny_data)
+    state = fit(cfg, data, tmp_path, progress=False)
+    path = export_onnx(state, tmp_path, load_images(data.test[-3:], 64))  # raises unless ORT matches torch
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["family"] == name.split("-")[0] and meta["contract_version"] == 1
+    sess = ort.InferenceSession(str(path))
+    assert [i.name for i in sess.get_inputs()] == ["image"]
+    assert [(o.name, o.shape) for o in sess.get_outputs()] == [("anomaly_map", [1, 1, 64, 64]), ("score", [1])]
+
+
+def test_flow_teacher_is_invertible():
+    from training.models.ast import FlowTeacher, positional_encoding
+
+    flow = FlowTeacher(12, 8, blocks=3, hidden=16, clamp=1.9)
+    for p in flow.parameters():  # leave the identity start so the test exercises real couplings
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 12, 6, 6, dtype=torch.float64)
+    cond = positional_encoding(8, 6, 6)[None].expand(2, -1, -1, -1).double()
+    flow = flow.double()
+    z, logdet = flow(x, cond)
+    assert not torch.allclose(z, x) and logdet.abs().sum() > 0
+    assert torch.allclose(flow.inverse(z, cond), x, atol=1e-10)
+
+
+def test_fcl_snc_option_changes_the_codes():
+    a = build_model("fcl-tiny", {"pretrained_backbone": False}, 64)
+    b = build_model("fcl-tiny", {"pretrained_backbone": False, "snc": False}, 64)
+    assert isinstance(a.sncs[0], SncHead) and not isinstance(b.sncs[0], SncHead)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.models import efficientad
+from training.models import ast, efficientad, fcl
 from training.models.base import REGISTRY, AnomalyModel, FamilyParams
 from training.errors import TrainConfigError
 
 __all__ = ["REGISTRY", "MODELS", "build_model", "AnomalyModel"]
 
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {}
-for _module in (efficientad,):
+for _module in (efficientad, ast, fcl):  # each family file ends with its VARIANTS table and registration
+    _family = next(c.family for c in REGISTRY.values() if c.__module__ == _module.__name__)
     for _name, _overrides in _module.VARIANTS.items():
-        MODELS[_name] = (_name.split("-")[0], _overrides)
+        MODELS[_name] = (_family, _overrides)
 
 
 def build_model(name: str, params: dict[str, Any], size_px: int, seed: int = 0) -> AnomalyModel:
