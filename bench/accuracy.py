@@ -46,6 +46,9 @@ def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: 
         state = fit(cfg, open_dataset(data, seed=seed), out, progress=False)
     except TrainingError as err:
         return {"variant": name, "data": data.name, "error": str(err)}
+    from training.export import export_onnx
+
+    export_onnx(state, out)  # the speed benchmark and edge-quantize reuse these runs
     rep, _ = evaluate(state, open_dataset(data, seed=seed))
     m = state.model
     trainable = sum(p.numel() for p in m.parameters())

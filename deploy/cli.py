@@ -32,7 +32,7 @@ def _build(a: argparse.Namespace) -> int:
     from deploy.bundle import build_bundle, measure_latency
     from quantize.errors import GateFailed
     from training.loop import load_images  # noqa: F401 - the build runs on a workstation with training installed
-    from edge.imaging import load_image, to_input
+    from edge.imaging import load_input
 
     target: Target = TARGETS[a.target]
     run = Path(a.run)
@@ -46,7 +46,7 @@ def _build(a: argparse.Namespace) -> int:
     from training.data import open_dataset
 
     data = open_dataset(meta["dataset"])
-    golden = [to_input(load_image(s.path), int(meta["size_px"])) for s in (data.val[:2] + [t for t in data.test if t.label][:2])]
+    golden = [load_input(s.path, int(meta["size_px"])) for s in (data.val[:2] + [t for t in data.test if t.label][:2])]
     quant = None
     runtime = target.runtime
     measured: dict[str, float] = {}

@@ -147,7 +147,7 @@ class Daemon:
                 if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
                     raise FrameError(f"camera frame must be uint8 HxWx3, got {rgb.dtype} {rgb.shape}")
             else:
-                rgb = decode_image(frame.data or b"", frame.ref, self.cfg.max_pixels)
+                rgb = decode_image(frame.data or b"", frame.ref, self.cfg.max_pixels, m.bundle.size_px)
             t1 = time.perf_counter()
             x = to_input(rgb, m.bundle.size_px)
             t2 = time.perf_counter()
@@ -193,7 +193,9 @@ class Daemon:
         self.metrics.frames.labels(frame.station).inc()
         verdict = self.score(frame)
         topic = frame.reply_topic or topic_for(self.cfg.mqtt, frame.station, "verdict")
+        t0 = time.perf_counter()
         self.publisher.publish(topic, verdict)  # durable on disk before the frame is released
+        self.metrics.latency.labels("publish").observe((time.perf_counter() - t0) * 1e3)
         self.metrics.verdicts.labels(frame.station, verdict["outcome"]).inc()
         if frame.done is not None:
             frame.done(verdict["outcome"] != "error")

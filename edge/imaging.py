@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from edge.errors import FrameError
 
-__all__ = ["decode_image", "load_image", "to_input", "resize_rgb", "MAX_PIXELS_DEFAULT"]
+__all__ = ["decode_image", "load_image", "load_input", "to_input", "resize_rgb", "MAX_PIXELS_DEFAULT"]
 
 # A 16k x 16k frame is far beyond any line camera; bigger usually means a corrupt header.
 MAX_PIXELS_DEFAULT = 16384 * 16384
@@ -35,8 +35,13 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
+def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS_DEFAULT,
+                 size_hint: int | None = None) -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 HxWx3 array.
+
+    With size_hint (the model's input size), JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that
+    still leaves at least twice that size, which is what makes 1080p frames cheap; training and the daemon
+    both decode this way, so the pixels the model sees are the same.
 
     Raises:
         FrameError: empty, truncated, unknown-format or oversized data, with the frame reference.
@@ -51,6 +56,8 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIX
                     f"{source}: {w}x{h} pixels exceeds the limit of {max_pixels} pixels: "
                     "check the camera resolution or raise max_pixels in the config"
                 )
+            if size_hint is not None and img.format == "JPEG":
+                img.draft("RGB", (2 * size_hint, 2 * size_hint))
             img.load()
             return _to_rgb_uint8(img)
     except UnidentifiedImageError as err:
@@ -59,14 +66,14 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIX
         raise FrameError(f"{source}: corrupt or truncated image: {err}") from err
 
 
-def load_image(path: str | Path, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
-    """Read and decode an image file to RGB uint8."""
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS_DEFAULT, size_hint: int | None = None) -> np.ndarray:
+    """Read and decode an image file to RGB uint8 (see decode_image for size_hint)."""
     p = Path(path)
     try:
         data = p.read_bytes()
     except OSError as err:
         raise FrameError(f"{p}: cannot read file: {err.strerror}") from err
-    return decode_image(data, str(p), max_pixels)
+    return decode_image(data, str(p), max_pixels, size_hint)
 
 
 def resize_rgb(rgb: np.ndarray, size_px: int) -> np.ndarray:
@@ -82,3 +89,8 @@ def to_input(rgb: np.ndarray, size_px: int) -> np.ndarray:
     """RGB uint8 HxWx3 -> float32 1x3xSxS in [0, 1], the ONNX contract input `image`."""
     x = resize_rgb(rgb, size_px).astype(np.float32) / 255.0
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def load_input(path: str | Path, size_px: int) -> np.ndarray:
+    """An image file as the contract's input: decode (with the size hint), resize, scale to [0, 1]."""
+    return to_input(load_image(path, size_hint=size_px), size_px)

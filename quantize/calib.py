@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from edge.imaging import load_image, to_input
+from edge.imaging import load_image, load_input, to_input
 from quantize.errors import QuantizeError
 
 __all__ = ["CalibrationReader", "GateSet", "build_sets"]
@@ -98,17 +98,17 @@ def build_sets(meta: dict, calib_dir: Path | None, max_calib: int = 64, seed: in
         calib_paths = [s.path for s in data.train]
     rng = np.random.default_rng(seed)
     pick = sorted(rng.permutation(len(calib_paths))[:max_calib])
-    calib = CalibrationReader([to_input(load_image(calib_paths[i]), size) for i in pick])
-    held_out = [to_input(load_image(s.path), size) for s in data.val]
+    calib = CalibrationReader([load_input(calib_paths[i], size) for i in pick])
+    held_out = [load_input(s.path, size) for s in data.val]
     if any(s.label == 1 for s in data.test):
-        inputs = [to_input(load_image(s.path), size) for s in data.test]
+        inputs = [load_input(s.path, size) for s in data.test]
         labels = np.array([s.label for s in data.test])
         masks = None
         if data.has_masks:
             masks = np.stack([load_mask(s.masks, size) if s.masks else np.zeros((size, size), bool) for s in data.test])
         gate = GateSet(inputs, labels, masks, "labelled test set")
     else:
-        goods = [load_image(s.path) for s in data.val]
+        goods = [load_image(s.path, size_hint=size) for s in data.val]
         defects, dmasks = _paste_defects(goods, size, seed)
         inputs = held_out + [to_input(d, size) for d in defects]
         labels = np.r_[np.zeros(len(held_out), int), np.ones(len(defects), int)]

@@ -158,7 +158,7 @@ def open_dataset(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> 
 def load_rgb(path: Path, size_px: int) -> np.ndarray:
     """Load an image as RGB uint8 resized to the model's input size; a bad file names itself."""
     try:
-        return resize_rgb(load_image(path), size_px)
+        return resize_rgb(load_image(path, size_hint=size_px), size_px)
     except FrameError as err:
         raise DatasetError(str(err)) from err
 
