@@ -1,0 +1,181 @@
+"""TLS with client certificates, password auth, the MQTT trigger source, and bundle swaps on SIGHUP."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+from conftest import Mosquitto, mosquitto_exe
+
+pytestmark = pytest.mark.skipif(mosquitto_exe() is None or shutil.which("openssl") is None,
+                                reason="mosquitto and openssl needed")
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=lineside-test-ca", cwd=d)
+    for name, cn in (("server", "127.0.0.1"), ("client", "station-box")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
+        ext = d / f"{name}.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1\n" if name == "server" else "extendedKeyUsage=clientAuth\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.crt", "-days", "2", "-extfile", str(ext), cwd=d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sbundle") / "b"
+    r = subprocess.run([sys.executable, "-m", "deploy.cli", "--target", "arm", str(tiny_run), "--out", str(out),
+                        "--max-drop", "1.0"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _config(tmp_path: Path, bundle: Path, mqtt_cfg: dict, source: dict | None = None) -> Path:
+    (tmp_path / "inbox").mkdir(exist_ok=True)
+    cfg = {"bundle": str(bundle), "state_dir": str(tmp_path / "state"), "cache_dir": str(tmp_path / "cache"),
+           "mqtt": {"host": "127.0.0.1", "reconnect_min_s": 0.5, "reconnect_max_s": 1, **mqtt_cfg},
+           "metrics": {"enabled": False},
+           "stations": [{"name": "s1", "source": source or {"type": "folder", "path": str(tmp_path / "inbox")}}]}
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _wait(pred, timeout: float = 60) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_tls_client_certificates(pki, bundle, tmp_path):
+    b = Mosquitto()
+    b.conf.write_text(f"listener {b.port} 127.0.0.1\ncafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\n"
+                      f"keyfile {pki / 'server.key'}\nrequire_certificate true\nuse_identity_as_username true\n"
+                      "allow_anonymous false\npersistence false\nuser root\n")
+    b.start()
+    try:
+        status: list[dict] = []
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-sub")
+        sub.tls_set(ca_certs=str(pki / "ca.crt"), certfile=str(pki / "client.crt"), keyfile=str(pki / "client.key"))
+        sub.on_connect = lambda c, *_: c.subscribe("lineside/#", qos=1)
+        sub.on_message = lambda c, u, m: status.append(json.loads(m.payload))
+        sub.connect("127.0.0.1", b.port)
+        sub.loop_start()
+        cfg = _config(tmp_path, bundle, {"port": b.port, "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / "client.crt"),
+                                                                 "key": str(pki / "client.key")}})
+        p = subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        try:
+            assert _wait(lambda: any(s.get("state") == "online" for s in status))
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(60)
+            sub.loop_stop()
+        # a client without a certificate never gets a successful CONNACK
+        anon = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="anon")
+        anon.tls_set(ca_certs=str(pki / "ca.crt"))
+        accepted: list[bool] = []
+        anon.on_connect = lambda c, u, f, rc, p: accepted.append(not rc.is_failure)
+        try:
+            anon.connect("127.0.0.1", b.port)
+            anon.loop_start()
+            time.sleep(3)
+        except OSError:
+            pass  # refused during the TLS handshake
+        finally:
+            anon.loop_stop()
+        assert True not in accepted
+        assert any(s.get("state") == "online" for s in status)  # while the certified daemon got in
+    finally:
+        b.stop()
+
+
+def test_password_auth_refuses_anonymous(tmp_path):
+    b = Mosquitto()
+    pw = b.dir / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "plant", "s3cret"], check=True, capture_output=True)
+    b.conf.write_text(f"listener {b.port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\npersistence false\nuser root\n")
+    b.start()
+    try:
+        results = {}
+        for name, creds in (("anonymous", None), ("plant", ("plant", "s3cret"))):
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
+            if creds:
+                c.username_pw_set(*creds)
+            c.on_connect = lambda cl, u, f, rc, p, name=name: results.__setitem__(name, rc.is_failure)
+            c.connect("127.0.0.1", b.port)
+            c.loop_start()
+            assert _wait(lambda: name in results, 10)
+            c.loop_stop()
+        assert results == {"anonymous": True, "plant": False}
+    finally:
+        b.stop()
+
+
+def test_mqtt_trigger_answers_with_correlation_id(broker, bundle, tiny_data, tmp_path):
+    cfg = _config(tmp_path, bundle, {"port": broker.port}, {"type": "mqtt", "topic": "plc/line1/s1/trigger"})
+    verdicts: list[dict] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
+    sub.on_connect = lambda c, *_: c.subscribe("lineside/line1/s1/verdict", qos=1)
+    sub.on_message = lambda c, u, m: verdicts.append(json.loads(m.payload))
+    sub.connect("127.0.0.1", broker.port)
+    sub.loop_start()
+    p = subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        img = sorted((tiny_data / "test/structural_anomalies").glob("*.png"))[0]
+        time.sleep(1)
+        for _ in range(100):  # the daemon subscribes once it is connected: keep triggering until answered
+            sub.publish("plc/line1/s1/trigger", json.dumps({"id": "part-4711", "path": str(img)}), qos=1)
+            if _wait(lambda: verdicts, 1):
+                break
+        sub.publish("plc/line1/s1/trigger", img.read_bytes(), qos=1)  # raw image bytes work too
+        assert _wait(lambda: len(verdicts) >= 2)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(60)
+        sub.loop_stop()
+    assert verdicts[0]["correlation_id"] == "part-4711" and verdicts[0]["outcome"] in ("ok", "ng")
+    assert verdicts[-1]["outcome"] in ("ok", "ng")
+
+
+def test_sighup_keeps_old_bundle_when_new_one_fails(broker, bundle, tmp_path):
+    live = tmp_path / "live"
+    shutil.copytree(bundle, live)
+    cfg = _config(tmp_path, live, {"port": broker.port})
+    status: list[dict] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="hup")
+    sub.on_connect = lambda c, *_: c.subscribe("lineside/line1/status", qos=1)
+    sub.on_message = lambda c, u, m: status.append(json.loads(m.payload))
+    sub.connect("127.0.0.1", broker.port)
+    sub.loop_start()
+    p = subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        assert _wait(lambda: any(s.get("state") == "online" for s in status))
+        (live / "golden.npz").write_bytes(b"broken")  # the update on disk is corrupt
+        p.send_signal(signal.SIGHUP)
+        assert _wait(lambda: any((s.get("last_error") or "").startswith("bundle update refused") for s in status))
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(60)
+        sub.loop_stop()
+    assert p.returncode == 0  # the old bundle kept running and stopped cleanly
