@@ -70,7 +70,7 @@ def _ceiling(runs: int, tmp: Path) -> dict[str, float]:
     return out
 
 
-def _artifacts(run: Path, max_drop: float) -> dict[str, Path]:
+def _artifacts(run: Path, max_drop: float, max_calib: int) -> dict[str, Path]:
     from quantize.cli import quantize_run
     from quantize.runtimes.openvino import convert_fp32
 
@@ -78,13 +78,13 @@ def _artifacts(run: Path, max_drop: float) -> dict[str, Path]:
     for rt, key, name in (("ort", "ort int8", "model_int8.onnx"), ("openvino", "openvino int8", "model_int8.xml")):
         q = run / "quantized" / rt / "quant.json"
         if not q.is_file():
-            quantize_run(run, rt, max_drop)
+            quantize_run(run, rt, max_drop, max_calib=max_calib)
         arts[key] = run / "quantized" / rt / name
     arts["openvino fp32"] = convert_fp32(run / "model.onnx", run / "quantized" / "model_fp32.xml")
     return arts
 
 
-def bench_run(run: Path, runs: int, max_drop: float) -> list[dict[str, Any]]:
+def bench_run(run: Path, runs: int, max_drop: float, max_calib: int) -> list[dict[str, Any]]:
     import torch
 
     from edge.backends import create_backend
@@ -98,7 +98,7 @@ def bench_run(run: Path, runs: int, max_drop: float) -> list[dict[str, Any]]:
     rows = []
     with torch.no_grad():
         rows.append({"runtime": "torch fp32", **_time(lambda: state.model(x), runs)})
-    for name, path in _artifacts(run, max_drop).items():
+    for name, path in _artifacts(run, max_drop, max_calib).items():
         rt = "onnxruntime" if name.startswith("ort") else "openvino"
         b = create_backend(rt, path, "cpu")
         rows.append({"runtime": name, **_time(lambda: b.infer(xn), runs)})
@@ -125,13 +125,14 @@ def main() -> int:
     ap.add_argument("runs_dirs", nargs="+", type=Path, metavar="RUN")
     ap.add_argument("--runs", type=int, default=30, help="timed runs per row (after 5 warm-up runs)")
     ap.add_argument("--max-drop", type=float, default=0.005)
+    ap.add_argument("--max-calib", type=int, default=64, help="calibration images when a run must be quantized")
     ap.add_argument("--out", type=Path, default=Path("bench-out/speed"))
     a = ap.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         ceiling = _ceiling(a.runs, Path(tmp))
     for run in a.runs_dirs:
-        rows += bench_run(run, a.runs, a.max_drop)
+        rows += bench_run(run, a.runs, a.max_drop, a.max_calib)
     for r in rows:
         r["ceiling_share"] = r["gmac_per_s"] / ceiling[r["runtime"]]
     save(a.out / "speed.json", {"machine": machine(), "ceiling_gmac_per_s": ceiling, "rows": rows})

@@ -42,7 +42,9 @@ class MqttPublisher:
         self._handlers: dict[str, Callable[[str, bytes, Any], None]] = {}
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # mid -> queue seq
+        self._early: dict[int, float] = {}  # PUBACKs that beat the recording of their mid (mid -> time)
         self._last_sent = 0
+        self._generation = 0  # bumped on every connect; a send loop from an older connection stops
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -131,6 +133,8 @@ class MqttPublisher:
         log.info("mqtt: connected to %s:%s", self.cfg.host, self.cfg.port)
         with self._lock:
             self._inflight.clear()
+            self._early.clear()
+            self._generation += 1
             self._last_sent = 0  # resend everything not yet acknowledged, oldest first
         for topic in self._handlers:
             client.subscribe(topic, qos=1)
@@ -143,8 +147,13 @@ class MqttPublisher:
         log.warning("mqtt: disconnected (%s); verdicts stay queued on disk", reason)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        # runs on paho's network thread while paho holds its own locks: never call into paho from here
         with self._lock:
             seq = self._inflight.pop(mid, None)
+            if seq is None:
+                now = time.monotonic()
+                self._early = {m: t for m, t in self._early.items() if now - t < 5.0}  # status PUBACKs age out
+                self._early[mid] = now
         if seq is not None:
             self.queue.ack(seq)
             self._wake.set()
@@ -164,12 +173,20 @@ class MqttPublisher:
             with self._lock:
                 room = self.window - len(self._inflight)
                 after = self._last_sent
+                generation = self._generation
             if room <= 0:
                 continue
             for seq, topic, payload in self.queue.pending(after, room):
+                # publish outside our lock: paho calls _on_publish holding its own lock (lock-order inversion)
+                info = self.client.publish(topic, payload, qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    break  # not connected any more: the next connect resends from the oldest
                 with self._lock:
-                    info = self.client.publish(topic, payload, qos=1)
-                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                        break  # not connected any more: the next connect resends from the oldest
-                    self._inflight[info.mid] = seq
+                    if generation != self._generation:
+                        break  # reconnected meanwhile: the new connection resends from the oldest
+                    acked = self._early.pop(info.mid, None) is not None
+                    if not acked:
+                        self._inflight[info.mid] = seq
                     self._last_sent = seq
+                if acked:
+                    self.queue.ack(seq)
