@@ -215,6 +215,7 @@ class Daemon:
         notify("READY=1", f"STATUS=ready: {self.model.bundle.describe()['model']} on {self.model.backend.info.device}")
         last_frame = time.monotonic()
         last_status = 0.0
+        last_gauges = 0.0
         n = 0
         while not self._stop.is_set():
             if self._reload.is_set():
@@ -232,9 +233,11 @@ class Daemon:
                     break
             notify("WATCHDOG=1")
             now = time.monotonic()
-            self.metrics.queue_depth.set(self.queue.depth())
-            self.metrics.dropped.set(self.queue.dropped())
-            self.metrics.connected.set(1 if self.publisher.is_connected else 0)
+            if now - last_gauges >= 1.0:  # two SQLite queries: once a second, not on every loop pass
+                last_gauges = now
+                self.metrics.queue_depth.set(self.queue.depth())
+                self.metrics.dropped.set(self.queue.dropped())
+                self.metrics.connected.set(1 if self.publisher.is_connected else 0)
             if now - last_status > 10:
                 last_status = now
                 notify(f"STATUS=scored {n} frames; queue {self.queue.depth()}; broker "
