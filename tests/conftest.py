@@ -85,3 +85,15 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     state = fit(cfg, data, out, progress=False)
     export_onnx(state, out, load_images(data.val[:2], 64))
     return out
+
+
+@pytest.fixture(scope="session")
+def bundle(tiny_run, tmp_path_factory) -> Path:
+    """An ARM (ONNX Runtime INT8) bundle of the tiny run, built with the real edge-deploy CLI."""
+    import sys
+
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    r = subprocess.run([sys.executable, "-m", "deploy.cli", "--target", "arm", str(tiny_run), "--out", str(out),
+                        "--max-drop", "1.0"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out

@@ -16,15 +16,6 @@ from edge.config import load_config
 from edge.errors import ConfigError
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle") / "b"
-    r = subprocess.run([sys.executable, "-m", "deploy.cli", "--target", "arm", str(tiny_run), "--out", str(out),
-                        "--max-drop", "1.0"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return out
-
-
 class Subscriber:
     def __init__(self, port: int) -> None:
         self.verdicts: list[dict] = []

@@ -36,15 +36,6 @@ def pki(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sbundle") / "b"
-    r = subprocess.run([sys.executable, "-m", "deploy.cli", "--target", "arm", str(tiny_run), "--out", str(out),
-                        "--max-drop", "1.0"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return out
-
-
 def _config(tmp_path: Path, bundle: Path, mqtt_cfg: dict, source: dict | None = None) -> Path:
     (tmp_path / "inbox").mkdir(exist_ok=True)
     cfg = {"bundle": str(bundle), "state_dir": str(tmp_path / "state"), "cache_dir": str(tmp_path / "cache"),
