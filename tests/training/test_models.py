@@ -131,3 +131,24 @@ def test_fcl_snc_option_changes_the_codes():
     a = build_model("fcl-tiny", {"pretrained_backbone": False}, 64)
     b = build_model("fcl-tiny", {"pretrained_backbone": False, "snc": False}, 64)
     assert isinstance(a.sncs[0], SncHead) and not isinstance(b.sncs[0], SncHead)
+
+
+def test_per_position_gaussian_flags_the_odd_position_and_map_weights_drop_the_autoencoder():
+    model = build_model("efficientad-tiny", {"pretrained_backbone": False, "map_weights": [1, 0, 2],
+                                             "gaussian_dims": 8}, 64)
+    assert model.ae is None and model.map_weight.tolist() == pytest.approx([1 / 3, 2 / 3])
+    g = model.grid
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(40, model.channels, g, g, generator=gen)
+    model._fit_gaussian(feats)
+    probe = torch.randn(1, model.channels, g, g, generator=gen)
+    probe[0, :, 3, 5] += 8.0  # one grid cell far from every good sample
+    z = model._gauss_features(probe)
+    m = (model.g_whiten @ z.flatten(2).permute(2, 1, 0)).pow(2).mean(dim=1).T.reshape(1, g, g)
+    assert divmod(int(m.flatten().argmax()), g) == (3, 5)
+    assert float(m[0, 3, 5]) > 5 * float(m.median())
+
+
+def test_student_teacher_map_weight_must_be_positive():
+    with pytest.raises(TrainConfigError, match="map_weights"):
+        build_model("efficientad-tiny", {"pretrained_backbone": False, "map_weights": [0, 1, 1]}, 64)

@@ -5,7 +5,9 @@ Lee & Kim (arXiv 2407.17909) as an option.
 Lineside's choices where the paper cannot apply here: the teacher is a PDN distilled from EfficientNet-Lite
 (no WideResNet weights offline) or the frozen Lite target itself; penalty images are procedural (no
 ImageNet); batch size is configurable (the paper uses 1); an optional per-position Gaussian of the teacher
-features adds a third map (a few matrix products, no training).
+features (PaDiM-style: PCA-projected, one covariance per grid cell) adds a third map — a few matrix products,
+no training — and `map_weights` sets how the three maps are combined (texture products do best without the
+autoencoder's global map, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from training.errors import TrainConfigError
 from training.models.base import AnomalyModel, FamilyParams, TrainBatch, register
 from training.models.pdn import PDN_WIDTHS, Autoencoder, Pdn, pdn_grid
 from training.models.snc import SncHead
@@ -55,6 +58,11 @@ class EfficientAdParams(FamilyParams):
     penalty: bool = Field(True, description="penalty loss on procedural images unlike the product")
     penalty_batch: int = Field(1, ge=1, description="penalty images per step")
     gaussian: bool = Field(True, description="add a per-position Gaussian map of teacher features")
+    gaussian_dims: int = Field(64, ge=1, description="PCA dimensions of the teacher features the Gaussian models")
+    gaussian_grid: int = Field(32, ge=4, description="largest Gaussian grid side (teacher grid average-pooled down to it)")
+    map_weights: tuple[float, float, float] = Field(
+        (1.0, 1.0, 1.0), description="weights of the student-teacher, autoencoder and Gaussian maps (0 drops a map)"
+    )
     snc: bool = Field(False, description="compare student and teacher through spatial-neighbourhood codes (FCL)")
     margin: MarginParams = Field(default_factory=MarginParams)
     pretrained_backbone: bool = Field(True, description="ImageNet weights for the Lite teacher (False: tests)")
@@ -88,8 +96,14 @@ class EfficientAd(AnomalyModel):
     Params = EfficientAdParams
 
     def __init__(self, params: EfficientAdParams, size_px: int, seed: int = 0) -> None:
-        super().__init__(size_px, n_maps=3 if params.gaussian else 2, score_pool="max")
         self.params = params
+        self.use_ae = params.map_weights[1] > 0
+        self.use_gauss = params.gaussian and params.map_weights[2] > 0
+        if params.map_weights[0] <= 0:
+            raise TrainConfigError("params.map_weights: the student-teacher map (first weight) must be > 0")
+        weights = [params.map_weights[0]] + [w for w, on in zip(params.map_weights[1:], (self.use_ae, self.use_gauss)) if on]
+        super().__init__(size_px, n_maps=len(weights), score_pool="max")
+        self.map_weight.copy_(torch.tensor(weights) / sum(weights))
         self.grid = pdn_grid(size_px)
         if params.teacher == "pdn":
             self.teacher: nn.Module = load_pdn_teacher(params.size, params.teacher_weights)
@@ -100,14 +114,18 @@ class EfficientAd(AnomalyModel):
             )
             channels = self.teacher.out_channels
         self.channels = channels
-        self.student = Pdn(2 * channels, PDN_WIDTHS[params.size])
-        self.ae = Autoencoder(size_px, channels, self.grid)
+        self.student = Pdn(2 * channels if self.use_ae else channels, PDN_WIDTHS[params.size])
+        self.ae = Autoencoder(size_px, channels, self.grid) if self.use_ae else None
         self.snc = SncHead(channels) if params.snc else None
         self.register_buffer("t_mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("t_std", torch.ones(1, channels, 1, 1))
-        if params.gaussian:
-            self.register_buffer("g_mean", torch.zeros(1, channels, self.grid, self.grid))
-            self.register_buffer("g_whiten", torch.eye(channels).view(channels, channels, 1, 1))
+        if self.use_gauss:
+            self.g_pool = -(-self.grid // params.gaussian_grid)  # ceil: the Gaussian grid never exceeds gaussian_grid
+            g = self.grid // self.g_pool
+            d = min(params.gaussian_dims, channels)
+            self.register_buffer("g_proj", torch.eye(channels)[:d].view(d, channels, 1, 1))
+            self.register_buffer("g_mean", torch.zeros(1, d, g, g))
+            self.register_buffer("g_whiten", torch.eye(d).expand(g * g, d, d).clone())
         self._gen = torch.Generator().manual_seed(seed)
         self._penalty = PenaltyImages(size_px, seed) if params.penalty else None
         self._cache: torch.Tensor | None = None
@@ -135,34 +153,53 @@ class EfficientAd(AnomalyModel):
         self.t_mean.copy_(raw.mean(dim=(0, 2, 3), keepdim=True))
         self.t_std.copy_(raw.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))
         self._cache = (raw - self.t_mean) / self.t_std
-        if self.params.gaussian:
+        if self.use_gauss:
             self._fit_gaussian(self._cache)
 
+    def _gauss_features(self, t_norm: torch.Tensor) -> torch.Tensor:
+        """Teacher features pooled to the Gaussian grid and PCA-projected, minus the per-position mean."""
+        if self.g_pool > 1:
+            t_norm = F.avg_pool2d(t_norm, self.g_pool)
+        return F.conv2d(t_norm, self.g_proj) - self.g_mean
+
     def _fit_gaussian(self, t: torch.Tensor) -> None:
-        """Per-position mean and one shared, shrunk covariance; the whitening W satisfies W^T W = inv(cov)."""
-        mean = t.mean(dim=0, keepdim=True)
-        x = (t - mean).permute(0, 2, 3, 1).reshape(-1, t.shape[1]).double()
-        cov = x.T @ x / max(x.shape[0] - 1, 1)
-        cov += 0.01 * torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean()
+        """PaDiM-style: PCA of the good teacher features, then one shrunk covariance per grid position.
+
+        Stores W per position with W^T W = inv(cov), so the map is |W z|^2 / d: batched matrix products only.
+        """
+        d = self.g_proj.shape[0]
+        pooled = F.avg_pool2d(t, self.g_pool) if self.g_pool > 1 else t
+        flat = pooled.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+        if d < t.shape[1]:
+            _, _, v = torch.pca_lowrank(flat, q=d, center=True, niter=4)
+            self.g_proj.copy_(v[:, :d].T.reshape(d, -1, 1, 1))
+        self.g_mean.zero_()
+        z = F.conv2d(pooled, self.g_proj)
+        mean = z.mean(dim=0, keepdim=True)
+        n, _, gh, gw = z.shape
+        x = (z - mean).permute(2, 3, 0, 1).reshape(gh * gw, n, d).double()
+        cov = x.transpose(1, 2) @ x / max(n - 1, 1)
+        shrink = 0.01 * cov.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
+        cov += shrink[:, None, None] * torch.eye(d, dtype=cov.dtype)
         chol = torch.linalg.cholesky(torch.linalg.inv(cov))  # inv = L L^T -> W = L^T
         self.g_mean.copy_(mean)
-        self.g_whiten.copy_(chol.T.float().view(*chol.shape, 1, 1))
+        self.g_whiten.copy_(chol.transpose(1, 2).float())
 
     def raw_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
         t_norm = self._teacher(image)
         s = self.student(image)
         c = self.channels
-        a = self.ae(image)
-        t, s_st, s_ae = t_norm, s[:, :c], s[:, c:]
+        t, s_st = t_norm, s[:, :c]
         if self.snc is not None:
             t, s_st = self.snc(t), self.snc(s_st)
-        maps = [
-            (t - s_st).pow(2).mean(dim=1, keepdim=True),
-            (a - s_ae).pow(2).mean(dim=1, keepdim=True),
-        ]
-        if self.params.gaussian:
-            z = F.conv2d(t_norm - self.g_mean, self.g_whiten)
-            maps.append(z.pow(2).mean(dim=1, keepdim=True))
+        maps = [(t - s_st).pow(2).mean(dim=1, keepdim=True)]
+        if self.ae is not None:
+            maps.append((self.ae(image) - s[:, c:]).pow(2).mean(dim=1, keepdim=True))
+        if self.use_gauss:
+            z = self._gauss_features(t_norm)
+            b, d, gh, gw = z.shape
+            w = self.g_whiten @ z.flatten(2).permute(2, 1, 0)  # (HW, d, d) @ (HW, d, B)
+            maps.append(w.pow(2).mean(dim=1).T.reshape(b, 1, gh, gw))
         return maps
 
     def training_losses(self, batch: TrainBatch, step: int, total_steps: int) -> dict[str, torch.Tensor]:
@@ -171,13 +208,16 @@ class EfficientAd(AnomalyModel):
         img = batch.images
         b, c = img.shape[0], self.channels
         t = self._cache[batch.index]
-        aug = _jitter(img, self._gen)
-        t_aug = self._teacher(aug)
-        inputs = [img, aug]
+        inputs = [img]
+        if self.ae is not None:
+            aug = _jitter(img, self._gen)
+            t_aug = self._teacher(aug)
+            inputs.append(aug)
+        n_product = sum(len(x) for x in inputs)
         if self._penalty is not None:
             inputs.append(self._penalty.sample(p.penalty_batch))
         s_all = self.student(torch.cat(inputs))
-        s_st, s_ae_aug = s_all[:b, :c], s_all[b : 2 * b, c:]
+        s_st = s_all[:b, :c]
         t_cmp, s_cmp = (self.snc(t), self.snc(s_st)) if self.snc is not None else (t, s_st)
         d = (t_cmp - s_cmp).pow(2)
         flat = d.flatten()
@@ -186,7 +226,17 @@ class EfficientAd(AnomalyModel):
         d_hard = torch.quantile(flat.detach(), p.hard_quantile)
         losses = {"hard": d[d >= d_hard].mean()}
         if self._penalty is not None:
-            losses["penalty"] = s_all[2 * b :, :c].pow(2).mean()
+            losses["penalty"] = s_all[n_product:, :c].pow(2).mean()
+        if self.ae is not None:
+            losses.update(self._ae_losses(aug, t_aug, s_all[b : 2 * b, c:]))
+        losses["loss"] = sum(losses.values())  # type: ignore[assignment]
+        return losses
+
+    def _ae_losses(self, aug: torch.Tensor, t_aug: torch.Tensor, s_ae_aug: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Autoencoder and student-autoencoder losses, with the DFSC margin constraint when enabled."""
+        assert self.ae is not None
+        p = self.params
+        losses: dict[str, torch.Tensor] = {}
         a = self.ae(aug)
         d_ta = (t_aug - a).pow(2)
         if p.margin.enabled:
@@ -198,5 +248,4 @@ class EfficientAd(AnomalyModel):
         else:
             losses["ae"] = d_ta.mean()
         losses["st_ae"] = (a - s_ae_aug).pow(2).mean()
-        losses["loss"] = sum(losses.values())  # type: ignore[assignment]
         return losses
