@@ -29,18 +29,17 @@ RUNTIMES: dict[str, tuple[str, str]] = {
 }
 
 
-TEACHER_PREFIX = "/model/teacher/"
 # OpenVINO operation types of the distance/normalisation head: the anomaly signal is a small difference
 # of large activations, so these are a candidate for staying in float
 OV_ELEMENTWISE = ("Add", "Subtract", "Multiply", "Divide", "Power", "ReduceMean", "ReduceMax", "Interpolate", "Concat")
+# SQNR bounds (dB) of the per-layer sensitivity measurement: each gives one set of layers kept in float
+SENSITIVITY_BOUNDS_DB = (20.0, 30.0, 40.0)
 
 
-def _candidates(runtime: str, finals: list[str], teacher: list[str]) -> list[dict[str, Any]]:
-    """What to try: calibration methods, and how much stays float (nothing, final convs, + the teacher branch).
-
-    Entries ending in '/' are branch prefixes: every node whose name starts with it stays float.
-    """
-    keep = [[], finals, sorted(set(finals)) + [TEACHER_PREFIX]] if teacher else [[], finals]
+def _candidates(runtime: str, finals: list[str], sensitive: list[list[str]]) -> list[dict[str, Any]]:
+    """What to try: calibration methods, and what stays float (nothing, final convs, each measured set)."""
+    keep = [[], finals] + [k for k in sensitive if k]
+    keep = [k for i, k in enumerate(keep) if k not in keep[:i]]
     if runtime == "ort":
         c = [{"method": m, "scope": "conv", "keep_float": []} for m in ("minmax", "entropy", "percentile")]
         c += [{"method": "minmax", "scope": "all", "keep_float": []}]
@@ -51,6 +50,15 @@ def _candidates(runtime: str, finals: list[str], teacher: list[str]) -> list[dic
     if runtime == "openvino":
         return [{"keep_float": k} for k in keep] + [{"keep_float": keep[-1], "float_types": list(OV_ELEMENTWISE)}]
     return [{}]
+
+
+def _sensitivity(fp32: Path, calib: Any, inputs: list[np.ndarray], tmp: Path) -> dict[str, float]:
+    """Per-layer SQNR of a fully quantized graph (ORT MinMax, convolutions) against FP32, on good images."""
+    from quantize.runtimes.onnxruntime import quantize_qdq
+    from quantize.sensitivity import layer_sqnr
+
+    full = quantize_qdq(fp32, _mk(tmp / "sensitivity") / "full.onnx", calib, "minmax", "conv", [])
+    return layer_sqnr(fp32, full, inputs)
 
 
 def _build(runtime: str, fp32: Path, out: Path, calib: Any, cand: dict[str, Any], device: str) -> Path:
@@ -80,7 +88,8 @@ def quantize_run(run: Path, runtime: str, max_drop: float = 0.005, calib_dir: Pa
     from quantize.calib import build_sets
     from quantize.errors import QuantizeError
     from quantize.gate import gate_report, plot_scores, recalibrate, score_all
-    from quantize.graph import branch_convs, final_convs
+    from quantize.graph import final_convs
+    from quantize.sensitivity import sensitive_nodes
     from training.metrics import auroc, threshold_at_far
 
     fp32 = run / "model.onnx"
@@ -108,13 +117,15 @@ def quantize_run(run: Path, runtime: str, max_drop: float = 0.005, calib_dir: Pa
         sel_inputs, sel_labels = _select_set(held_out, size, 0)
         f_sel_maps, f_sel = score_all("onnxruntime", fp32, sel_inputs)
         finals = final_convs(fp32)
-        teacher = branch_convs(fp32, TEACHER_PREFIX)
         rows = []
         best: tuple[tuple[float, float], dict[str, Any], Path] | None = None
         tmp = Path(tempfile.mkdtemp(prefix="lineside-q-"))
-        cands = _candidates(runtime, finals, teacher)
+        print(f"[2/4] per-layer sensitivity on {min(4, len(held_out))} held-out good images", flush=True)
+        sqnr = _sensitivity(fp32, calib, held_out[:4], tmp)
+        sensitive = [sensitive_nodes(sqnr, b) for b in SENSITIVITY_BOUNDS_DB]
+        cands = _candidates(runtime, finals, sensitive)
         for i, cand in enumerate(cands):
-            print(f"[2/4] candidate {i + 1}/{len(cands)}: {cand}", flush=True)
+            print(f"[2/4] candidate {i + 1}/{len(cands)}: {_describe(cand)}", flush=True)
             name = RUNTIMES[runtime][1]
             art = _build(runtime, fp32, _mk(tmp / f"c{i}") / name, calib, cand, device)
             q_maps, q_sel = score_all(RUNTIMES[runtime][0], art, sel_inputs)
@@ -134,7 +145,10 @@ def quantize_run(run: Path, runtime: str, max_drop: float = 0.005, calib_dir: Pa
             shutil.copy2(f, out / f.name)
         shutil.rmtree(tmp, ignore_errors=True)
         artifact = out / RUNTIMES[runtime][1]
-        decision = {"candidates": rows, "chosen": chosen, "final_convs": finals, "teacher_convs": len(teacher),
+        decision = {"candidates": rows, "chosen": chosen, "final_convs": finals,
+                    "sensitivity": {"method": "output SQNR (dB), FP32 vs fully quantized (ORT MinMax)",
+                                    "bounds_db": list(SENSITIVITY_BOUNDS_DB),
+                                    "sqnr_db": dict(sorted(sqnr.items(), key=lambda kv: kv[1]))},
                     "selection_set": f"{len(held_out)} held-out good images + {len(held_out)} pasted defects"}
         if runtime == "tensorrt":
             shutil.copy2(fp32, out / "model_fp32.onnx")  # for the FP16 engine
@@ -165,6 +179,15 @@ def quantize_run(run: Path, runtime: str, max_drop: float = 0.005, calib_dir: Pa
     return result
 
 
+def _describe(cand: dict[str, Any]) -> str:
+    """One line for a candidate: its settings and how many layers stay float (the list is in quant.json)."""
+    parts = [f"{k}={v}" for k, v in cand.items() if k not in ("keep_float", "float_types")]
+    parts.append(f"{len(cand.get('keep_float', []))} layers float")
+    if cand.get("float_types"):
+        parts.append("elementwise head float")
+    return ", ".join(parts)
+
+
 def _mk(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
@@ -193,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-quantize: error: {err}", file=sys.stderr)
         return 1
     g = res["gate"]
-    print(f"{a.runtime} INT8: {res['artifact']}  chosen {res['mixed_precision']['chosen']}")
+    print(f"{a.runtime} INT8: {res['artifact']}  chosen {_describe(res['mixed_precision']['chosen'])}")
     for k in ("image_auroc_fp32", "image_auroc_int8", "image_auroc_drop", "aupro_drop", "spearman_scores",
               "false_alarm_rate_change"):
         if k in g:

@@ -6,11 +6,7 @@ from pathlib import Path
 
 import onnx
 
-__all__ = ["final_convs", "conv_nodes", "branch_convs"]
-
-
-def conv_nodes(path: Path) -> list[str]:
-    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+__all__ = ["final_convs"]
 
 
 def final_convs(path: Path) -> list[str]:
@@ -38,8 +34,3 @@ def final_convs(path: Path) -> list[str]:
         return hit
 
     return [n.name for n in g.node if n.op_type == "Conv" and not reaches_conv(n)]
-
-
-def branch_convs(path: Path, prefix: str) -> list[str]:
-    """Conv nodes of one branch, by the module path the exporter writes into node names (e.g. /model/teacher/)."""
-    return [n for n in conv_nodes(path) if n.startswith(prefix)]

@@ -18,6 +18,9 @@ def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
     assert res["threshold"] > 0 and res["output_affine"]["scale"] > 0
     assert len(res["mixed_precision"]["candidates"]) >= 2  # the choice was measured, not assumed
     assert (tiny_run / "quantized" / runtime / "gate.png").stat().st_size > 1000
+    sqnr = res["mixed_precision"]["sensitivity"]["sqnr_db"]
+    convs = {n.name for n in onnx.load(str(tiny_run / "model.onnx")).graph.node if n.op_type == "Conv"}
+    assert convs <= set(sqnr) and all(np.isfinite(v) for v in sqnr.values())  # every layer measured
 
 
 def test_gate_fails_when_int8_scores_are_scrambled():
@@ -50,3 +53,12 @@ def test_tensorrt_graph_is_symmetric_qdq_and_runs_in_ort(tiny_run):
     q = ort.InferenceSession(str(path)).run(None, {"image": x})
     f = ort.InferenceSession(str(tiny_run / "quantized" / "tensorrt" / "model_fp32.onnx")).run(None, {"image": x})
     assert q[0].shape == f[0].shape and np.isfinite(q[1]).all()
+
+
+def test_sensitive_layers_are_cut_by_the_sqnr_bound():
+    from quantize.sensitivity import sensitive_nodes
+
+    sqnr = {"/model/teacher/a": 4.0, "/model/student/b": 35.0, "/model/ae/c": 22.0}
+    assert sensitive_nodes(sqnr, 20) == ["/model/teacher/a"]
+    assert sensitive_nodes(sqnr, 30) == ["/model/ae/c", "/model/teacher/a"]
+    assert sensitive_nodes(sqnr, 1) == []
