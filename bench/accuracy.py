@@ -26,6 +26,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "efficientad-s pdn +margin": ("efficientad-s", {"teacher": "pdn", "margin": {"enabled": True, "mode": "truncate"}}),
     "ast": ("ast", {}),
     "ast +snc": ("ast", {"snc": True}),
+    "ast fine": ("ast", {"backbone_scale": 4}),
     "ast-paper": ("ast-paper", {}),
     "fcl": ("fcl", {}),
     "fcl-nosnc": ("fcl-nosnc", {}),

@@ -120,6 +120,34 @@ def bench_run(run: Path, runs: int, max_drop: float, max_calib: int) -> list[dic
     return rows
 
 
+def branch_profile(path: Path, runs: int = 5) -> dict[str, float]:
+    """Share of ONNX Runtime kernel time per model branch (node-name prefix), from ORT's profiler."""
+    import collections
+    import os
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.gettempdir()) / "lineside-prof")
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    shape = [d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    for _ in range(runs):
+        sess.run(None, {"image": x})
+    prof = Path(sess.end_profiling())
+    events = json.loads(prof.read_text())
+    os.remove(prof)
+    per: collections.Counter[str] = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            parts = e["name"].split("/")
+            # modules are lower-case path segments (/model/student/...); ops of the head are /model/Sub_3 etc.
+            per[parts[2] if len(parts) > 3 and parts[1] == "model" and parts[2].islower() else "head"] += e["dur"]
+    total = sum(per.values()) or 1
+    return {k: round(v / total, 3) for k, v in per.most_common()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs_dirs", nargs="+", type=Path, metavar="RUN")
@@ -135,10 +163,21 @@ def main() -> int:
         rows += bench_run(run, a.runs, a.max_drop, a.max_calib)
     for r in rows:
         r["ceiling_share"] = r["gmac_per_s"] / ceiling[r["runtime"]]
-    save(a.out / "speed.json", {"machine": machine(), "ceiling_gmac_per_s": ceiling, "rows": rows})
+        if r["runtime"].endswith("int8"):
+            fam = r["runtime"].split()[0]
+            # the most an INT8 graph can gain on this machine: the same run's ceiling ratio
+            r["ceiling_int8_speedup"] = ceiling[r["runtime"]] / ceiling[f"{fam} fp32"]
+    profiles = {}
+    for run in a.runs_dirs:
+        for name, path in (("ort fp32", run / "model.onnx"), ("ort int8", run / "quantized" / "ort" / "model_int8.onnx")):
+            profiles[f"{run.name} {name}"] = branch_profile(path)
+    save(a.out / "speed.json", {"machine": machine(), "ceiling_gmac_per_s": ceiling, "rows": rows,
+                                "ort_time_share_by_branch": profiles})
     print("ceiling (1x1 conv 1024->1024 @64x64), GMAC/s: " + ", ".join(f"{k} {v:.1f}" for k, v in ceiling.items()))
+    for k, v in profiles.items():
+        print(f"ORT time by branch, {k}: " + ", ".join(f"{b} {share:.0%}" for b, share in v.items()))
     print(table(rows, ["model", "runtime", "min_ms", "median_ms", "max_ms", "img_per_s", "int8_speedup",
-                       "gmac_per_s", "ceiling_share", "auroc_drop", "spearman"]))
+                       "ceiling_int8_speedup", "gmac_per_s", "ceiling_share", "auroc_drop", "spearman"]))
     return 0
 
 
