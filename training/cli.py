@@ -54,6 +54,8 @@ def _cmd_fit(a: argparse.Namespace) -> int:
         params["teacher"] = a.teacher
     if a.margin:
         params["margin"] = {"enabled": True, "mode": a.margin}
+    if a.map_weights:
+        params["map_weights"] = a.map_weights
     overrides = {"model": a.model, "steps": a.steps, "size_px": a.size, "batch_size": a.batch_size,
                  "max_minutes": a.max_minutes, "seed": a.seed, "false_alarm_rate": a.far, "params": params}
     cfg = load_fit_config(a.config, overrides)
@@ -117,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--model", choices=sorted(MODELS), default=None)
     f.add_argument("--teacher", choices=["lite0", "lite1", "lite2", "pdn"], default=None)
     f.add_argument("--margin", choices=["truncate", "hinge"], default=None, help="enable the DFSC margin constraint")
+    f.add_argument("--map-weights", type=float, nargs=3, metavar=("ST", "AE", "GAUSS"), default=None,
+                   help="EfficientAD map weights; texture products without logical constraints: 1 0 2")
     f.add_argument("--config", help="YAML config; flags override it")
     f.add_argument("--out", required=True, help="run folder")
     f.add_argument("--steps", type=int)

@@ -22,13 +22,14 @@ def test_missing_dataset_names_the_folder(tmp_path):
 def test_fit_resume_and_report(tmp_path, tiny_data):
     out = tmp_path / "run"
     common = ["fit", "--data", str(tiny_data), "--model", "efficientad-tiny", "--size", "64", "--out", str(out),
-              "--batch-size", "2", "--quiet"]
+              "--batch-size", "2", "--quiet", "--map-weights", "1", "0", "2"]
     assert _run(*common, "--steps", "3").returncode == 0
     r = _run(*common, "--steps", "5", "--resume")
     assert r.returncode == 0, r.stderr
     import json
 
     assert json.loads((out / "train.json").read_text())["steps_done"] == 5
+    assert json.loads((out / "model.json").read_text())["params"]["map_weights"] == [1.0, 0.0, 2.0]
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["image_auroc_by_kind"]) == {"logical", "structural"}
     assert all((out / "plots" / p).stat().st_size > 1000 for p in rep["plots"])
