@@ -121,16 +121,26 @@ def test_password_auth_refuses_anonymous(tmp_path):
         b.stop()
 
 
+def _listen(port: int, topic: str, client_id: str) -> tuple[mqtt.Client, list[dict]]:
+    """A plant-side subscriber collecting the JSON payloads of one topic (QoS 1)."""
+    got: list[dict] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    sub.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    sub.on_message = lambda c, u, m: got.append(json.loads(m.payload))
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    return sub, got
+
+
+def _daemon(cfg: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def test_mqtt_trigger_answers_with_correlation_id(broker, bundle, tiny_data, tmp_path):
     cfg = _config(tmp_path, bundle, {"port": broker.port}, {"type": "mqtt", "topic": "plc/line1/s1/trigger"})
-    verdicts: list[dict] = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
-    sub.on_connect = lambda c, *_: c.subscribe("lineside/line1/s1/verdict", qos=1)
-    sub.on_message = lambda c, u, m: verdicts.append(json.loads(m.payload))
-    sub.connect("127.0.0.1", broker.port)
-    sub.loop_start()
-    p = subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    sub, verdicts = _listen(broker.port, "lineside/line1/s1/verdict", "plc")
+    p = _daemon(cfg)
     try:
         img = sorted((tiny_data / "test/structural_anomalies").glob("*.png"))[0]
         time.sleep(1)
@@ -152,14 +162,8 @@ def test_sighup_keeps_old_bundle_when_new_one_fails(broker, bundle, tmp_path):
     live = tmp_path / "live"
     shutil.copytree(bundle, live)
     cfg = _config(tmp_path, live, {"port": broker.port})
-    status: list[dict] = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="hup")
-    sub.on_connect = lambda c, *_: c.subscribe("lineside/line1/status", qos=1)
-    sub.on_message = lambda c, u, m: status.append(json.loads(m.payload))
-    sub.connect("127.0.0.1", broker.port)
-    sub.loop_start()
-    p = subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    sub, status = _listen(broker.port, "lineside/line1/status", "hup")
+    p = _daemon(cfg)
     try:
         assert _wait(lambda: any(s.get("state") == "online" for s in status))
         (live / "golden.npz").write_bytes(b"broken")  # the update on disk is corrupt
