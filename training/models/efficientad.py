@@ -162,6 +162,13 @@ class EfficientAd(AnomalyModel):
             t_norm = F.avg_pool2d(t_norm, self.g_pool)
         return F.conv2d(t_norm, self.g_proj) - self.g_mean
 
+    def _gauss_map(self, t_norm: torch.Tensor) -> torch.Tensor:
+        """Per-position Mahalanobis map B x 1 x g x g: |W_p z_p|^2 / d, one batched matrix product."""
+        z = self._gauss_features(t_norm)
+        b, _, gh, gw = z.shape
+        w = self.g_whiten @ z.flatten(2).permute(2, 1, 0)  # (HW, d, d) @ (HW, d, B)
+        return w.pow(2).mean(dim=1).T.reshape(b, 1, gh, gw)
+
     def _fit_gaussian(self, t: torch.Tensor) -> None:
         """PaDiM-style: PCA of the good teacher features, then one covariance per grid position.
 
@@ -201,10 +208,7 @@ class EfficientAd(AnomalyModel):
         if self.ae is not None:
             maps.append((self.ae(image) - s[:, c:]).pow(2).mean(dim=1, keepdim=True))
         if self.use_gauss:
-            z = self._gauss_features(t_norm)
-            b, d, gh, gw = z.shape
-            w = self.g_whiten @ z.flatten(2).permute(2, 1, 0)  # (HW, d, d) @ (HW, d, B)
-            maps.append(w.pow(2).mean(dim=1).T.reshape(b, 1, gh, gw))
+            maps.append(self._gauss_map(t_norm))
         return maps
 
     def training_losses(self, batch: TrainBatch, step: int, total_steps: int) -> dict[str, torch.Tensor]:
