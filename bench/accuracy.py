@@ -3,7 +3,7 @@
     python -m bench.accuracy --minutes 8 --out bench-out/accuracy
 
 Prints a table and writes JSON: image AUROC (logical/structural on synthetic), pixel AUROC and AUPRO where
-masks exist, train minutes, parameters, GMAC.
+masks exist (pooled, and per kind: structural defects vs logical anomalies), train minutes, parameters, GMAC.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: 
     row = {"variant": name, "data": data.name, "size_px": size, "image_auroc": rep["image_auroc"],
            "logical": rep["image_auroc_by_kind"].get("logical"), "structural": rep["image_auroc_by_kind"].get("structural"),
            "pixel_auroc": rep.get("pixel_auroc"), "aupro": rep.get("aupro_0.3"),
+           **{f"aupro_{k}": v for k, v in rep.get("aupro_by_kind", {}).items()},
            "train_min": state.meta["train_minutes"], "steps": state.meta["steps_done"],
            "params_M": round(trainable / 1e6, 2), "gmac": round(conv_gmac(m, size), 2),
            "wall_min": round((time.monotonic() - t0) / 60, 1)}
@@ -90,8 +91,8 @@ def main() -> int:
             rows.append(run_one(v, path, a.out / "runs" / f"{dname}-{v.replace(' ', '_')}", a.size, a.minutes,
                                 a.steps, a.batch, a.seed))
             save(a.out / "accuracy.json", {"machine": machine(), "args": {k: str(v) for k, v in vars(a).items()}, "rows": rows})
-    cols = ["variant", "data", "image_auroc", "logical", "structural", "pixel_auroc", "aupro", "train_min", "steps",
-            "params_M", "gmac"]
+    cols = ["variant", "data", "image_auroc", "logical", "structural", "pixel_auroc", "aupro", "aupro_structural",
+            "aupro_logical", "train_min", "steps", "params_M", "gmac"]
     print(table(rows, cols))
     return 0
 

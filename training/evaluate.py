@@ -49,5 +49,11 @@ def evaluate(state: RunState, data: Dataset) -> tuple[dict[str, Any], dict[str, 
         m, a = masks[with_mask], maps[with_mask]
         report["pixel_auroc"] = _r(auroc(m.ravel(), a.ravel()))
         report["aupro_0.3"] = _r(aupro(m, a, 0.3))
+        # Per kind (good images always included for the false-positive side), as LOCO reports localisation.
+        k_mask = kinds[with_mask]
+        report["aupro_by_kind"] = {
+            str(k): _r(aupro(m[(labels[with_mask] == 0) | (k_mask == k)], a[(labels[with_mask] == 0) | (k_mask == k)], 0.3))
+            for k in sorted(set(k_mask[labels[with_mask] == 1]))
+        }
         arrays["masks"] = masks
     return report, arrays

@@ -46,6 +46,9 @@ def test_training_report_beats_chance(tiny_run, tiny_data):
     rep, _ = evaluate(load_run(tiny_run), open_dataset(tiny_data))
     assert rep["image_auroc_by_kind"]["structural"] > 0.6
     assert 0 <= rep["false_alarm_rate"] <= 1
+    # localisation is reported per kind too: a missing part's mask is not where a local method can point
+    assert set(rep["aupro_by_kind"]) == set(rep["image_auroc_by_kind"]) == {"logical", "structural"}
+    assert all(0 <= v <= 1 for v in rep["aupro_by_kind"].values())
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
