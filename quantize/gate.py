@@ -10,7 +10,7 @@ import numpy as np
 from edge.backends import create_backend
 from edge.postprocess import OutputAffine
 
-__all__ = ["score_all", "recalibrate", "gate_report", "plot_scores"]
+__all__ = ["score_all", "latency_ms", "recalibrate", "gate_report", "plot_scores"]
 
 
 def score_all(runtime: str, model: Path, inputs: list[np.ndarray], cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -19,6 +19,20 @@ def score_all(runtime: str, model: Path, inputs: list[np.ndarray], cache_dir: Pa
     preds = [backend.infer(x) for x in inputs]
     backend.close()
     return np.stack([p.anomaly_map for p in preds]), np.array([p.score for p in preds])
+
+
+def latency_ms(runtime: str, model: Path, x: np.ndarray, runs: int = 10) -> float:
+    """Median batch-1 latency of the runtime's edge backend (after the backend's own warm-up run)."""
+    import time
+
+    backend = create_backend(runtime, model, "cpu")
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        backend.infer(x)
+        t.append(time.perf_counter() - t0)
+    backend.close()
+    return float(np.median(t) * 1e3)
 
 
 def recalibrate(fp32_maps: np.ndarray, q_maps: np.ndarray) -> OutputAffine:

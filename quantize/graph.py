@@ -1,4 +1,5 @@
-"""Graph facts quantization decisions need: which convolutions are final (feed the distance directly)."""
+"""Graph facts quantization decisions need: which convolutions are final (feed the distance directly), and
+which nodes form the scoring head (distance, normalisation, upsampling between the branches)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-__all__ = ["final_convs"]
+__all__ = ["final_convs", "head_nodes"]
 
 
 def final_convs(path: Path) -> list[str]:
@@ -34,3 +35,17 @@ def final_convs(path: Path) -> list[str]:
         return hit
 
     return [n.name for n in g.node if n.op_type == "Conv" and not reaches_conv(n)]
+
+
+def head_nodes(path: Path) -> list[str]:
+    """Nodes of the top-level forward (/model/Sub, /model/Div, ...), not of a branch module (/model/student/...).
+
+    That is where the anomaly signal is a small difference of large activations, so the 'all ops' scope
+    keeps them float while every branch is quantized end to end (Relu/pooling fused, fewer Q/DQ hops).
+    """
+    out = []
+    for n in onnx.load(str(path)).graph.node:
+        parts = n.name.split("/")
+        if len(parts) == 3 and parts[1] == "model" and n.op_type != "Constant":
+            out.append(n.name)
+    return out

@@ -21,6 +21,31 @@ def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
     sqnr = res["mixed_precision"]["sensitivity"]["sqnr_db"]
     convs = {n.name for n in onnx.load(str(tiny_run / "model.onnx")).graph.node if n.op_type == "Conv"}
     assert convs <= set(sqnr) and all(np.isfinite(v) for v in sqnr.values())  # every layer measured
+    mp = res["mixed_precision"]
+    assert all(r["latency_ms"] > 0 for r in mp["candidates"])
+    chosen = next(r for r in mp["candidates"] if all(r.get(k) == v for k, v in mp["chosen"].items()))
+    assert chosen["spearman"] >= 0.98 or max(r["spearman"] for r in mp["candidates"]) < 0.98
+
+
+def test_selection_takes_the_fastest_candidate_that_keeps_accuracy():
+    from quantize.cli import _choose
+
+    rows = [{"selection_auroc": 1.0, "spearman": 0.999, "latency_ms": 30.0},
+            {"selection_auroc": 1.0, "spearman": 0.50, "latency_ms": 10.0},  # fast but reorders the scores
+            {"selection_auroc": 0.90, "spearman": 0.99, "latency_ms": 12.0},  # fast but loses AUROC
+            {"selection_auroc": 0.998, "spearman": 0.99, "latency_ms": 20.0}]
+    assert _choose(rows, fp32_auroc=1.0, max_drop=0.005) == 3
+    assert _choose(rows[1:3], fp32_auroc=1.0, max_drop=0.005) == 0  # none acceptable: the most accurate
+
+
+def test_head_nodes_are_the_top_level_scoring_ops(tiny_run):
+    from quantize.graph import head_nodes
+
+    head = head_nodes(tiny_run / "model.onnx")
+    ops = {n.name: n.op_type for n in onnx.load(str(tiny_run / "model.onnx")).graph.node}
+    assert head and all(h.count("/") == 2 for h in head)
+    assert "Sub" in {ops[h] for h in head}  # the student-teacher difference is in the head
+    assert not any("/student/" in h or "/teacher/" in h for h in head)
 
 
 def test_gate_fails_when_int8_scores_are_scrambled():
