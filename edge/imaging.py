@@ -29,7 +29,7 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
         arr8 = (np.clip(arr, 0, 65535).astype(np.uint32) // 257).astype(np.uint8)
         return np.repeat(arr8[..., None], 3, axis=2)
     if img.mode == "F":
-        raise FrameError(f"image mode 'F' (float TIFF) is not supported: save frames as 8- or 16-bit integers")
+        raise FrameError("image mode 'F' (float TIFF) is not supported: save frames as 8- or 16-bit integers")
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
