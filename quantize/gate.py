@@ -10,7 +10,7 @@ import numpy as np
 from edge.backends import create_backend
 from edge.postprocess import OutputAffine
 
-__all__ = ["score_all", "latency_ms", "recalibrate", "gate_report", "plot_scores"]
+__all__ = ["score_all", "latency_ms", "spearman", "recalibrate", "gate_report", "plot_scores"]
 
 
 def score_all(runtime: str, model: Path, inputs: list[np.ndarray], cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -47,9 +47,12 @@ def recalibrate(fp32_maps: np.ndarray, q_maps: np.ndarray) -> OutputAffine:
     return OutputAffine(scale=scale, offset=float(f_lo - scale * q_lo))
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation of two score vectors; 0 when either is constant (a collapsed INT8 graph ranks nothing)."""
     from scipy.stats import spearmanr
 
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
     return float(spearmanr(a, b).statistic)
 
 
@@ -64,7 +67,7 @@ def gate_report(labels: np.ndarray, masks: np.ndarray | None, fp32: tuple[np.nda
         "n_images": int(len(labels)), "n_defective": int(labels.sum()),
         "image_auroc_fp32": round(a_f, 5), "image_auroc_int8": round(a_q, 5),
         "image_auroc_drop": round(a_f - a_q, 5),
-        "spearman_scores": round(_spearman(fs, qs), 5),
+        "spearman_scores": round(spearman(fs, qs), 5),
         "max_abs_map_diff": round(float(np.abs(fm - qm).max()), 5),
     }
     if masks is not None and masks.any():
