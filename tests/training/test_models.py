@@ -154,3 +154,15 @@ def test_per_position_gaussian_flags_the_odd_position_and_map_weights_drop_the_a
 def test_student_teacher_map_weight_must_be_positive():
     with pytest.raises(TrainConfigError, match="map_weights"):
         build_model("efficientad-tiny", {"pretrained_backbone": False, "map_weights": [0, 1, 1]}, 64)
+
+
+
+def test_efficientad_teacher_scale_sets_the_lite_input_size():
+    seen = {}
+    for scale in (1, 2):
+        m = build_model("efficientad-tiny", {"teacher_scale": scale, "pretrained_backbone": False}, 64).eval()
+        m.teacher.backbone.register_forward_pre_hook(lambda mod, args, s=scale: seen.__setitem__(s, args[0].shape[-1]))
+        m.prepare(torch.rand(2, 3, 64, 64), progress=False)
+        amap, _ = m(torch.rand(1, 3, 64, 64))
+        assert amap.shape == (1, 1, 64, 64)
+    assert seen == {1: 64, 2: 128}

@@ -54,6 +54,7 @@ class EfficientAdParams(FamilyParams):
     )
     teacher_weights: str | None = Field(None, description="path of distilled PDN teacher weights")
     teacher_stages: tuple[int, ...] = Field((3, 4, 5), description="Lite stages of the teacher target")
+    teacher_scale: int = Field(2, ge=1, le=4, description="Lite teacher input = scale x model input (1: 4x fewer teacher MACs at 256 px)")
     hard_quantile: float = Field(0.999, gt=0.0, lt=1.0, description="hard-feature loss quantile")
     penalty: bool = Field(True, description="penalty loss on procedural images unlike the product")
     penalty_batch: int = Field(1, ge=1, description="penalty images per step")
@@ -110,7 +111,8 @@ class EfficientAd(AnomalyModel):
             channels = self.teacher.net[-1].out_channels
         else:
             self.teacher = LiteTarget(
-                params.teacher, size_px, self.grid, params.teacher_stages, pretrained=params.pretrained_backbone
+                params.teacher, size_px, self.grid, params.teacher_stages, scale=params.teacher_scale,
+                pretrained=params.pretrained_backbone,
             )
             channels = self.teacher.out_channels
         self.channels = channels
