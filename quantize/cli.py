@@ -105,7 +105,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = 0.005, calib_dir: Pa
     """Quantize a trained run for a runtime; returns the result dict (also written as quant.json)."""
     from quantize.calib import build_sets
     from quantize.errors import QuantizeError
-    from quantize.gate import gate_report, latency_ms, plot_scores, recalibrate, score_all, spearman
+    from quantize.gate import gate_report, plot_scores, recalibrate, score_all, score_timed, spearman
     from quantize.graph import final_convs, head_nodes
     from quantize.sensitivity import sensitive_nodes
     from training.metrics import auroc, threshold_at_far
@@ -147,11 +147,11 @@ def quantize_run(run: Path, runtime: str, max_drop: float = 0.005, calib_dir: Pa
             print(f"[2/4] candidate {i + 1}/{len(cands)}: {_describe(cand)}", flush=True)
             name = RUNTIMES[runtime][1]
             art = _build(runtime, fp32, _mk(tmp / f"c{i}") / name, calib, cand, device)
-            q_maps, q_sel = score_all(RUNTIMES[runtime][0], art, sel_inputs)
+            q_maps, q_sel, ms = score_timed(RUNTIMES[runtime][0], art, sel_inputs)
             rows.append({**cand, "selection_auroc": round(auroc(sel_labels, q_sel), 5),
                          "spearman": round(spearman(f_sel, q_sel), 5),
                          "mean_abs_map_error": round(float(np.abs(q_maps - f_sel_maps).mean()), 6),
-                         "latency_ms": round(latency_ms(RUNTIMES[runtime][0], art, sel_inputs[0]), 2)})
+                         "latency_ms": round(ms, 2)})
             arts.append(art)
         pick = _choose(rows, fp32_auroc, max_drop)
         chosen, art = cands[pick], arts[pick]

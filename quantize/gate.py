@@ -10,29 +10,28 @@ import numpy as np
 from edge.backends import create_backend
 from edge.postprocess import OutputAffine
 
-__all__ = ["score_all", "latency_ms", "spearman", "recalibrate", "gate_report", "plot_scores"]
+__all__ = ["score_all", "score_timed", "spearman", "recalibrate", "gate_report", "plot_scores"]
 
 
 def score_all(runtime: str, model: Path, inputs: list[np.ndarray], cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Maps NxSxS and scores N of inputs with the runtime's edge backend (the exact code the device runs)."""
-    backend = create_backend(runtime, model, "cpu", cache_dir)
-    preds = [backend.infer(x) for x in inputs]
-    backend.close()
-    return np.stack([p.anomaly_map for p in preds]), np.array([p.score for p in preds])
+    maps, scores, _ = score_timed(runtime, model, inputs, cache_dir)
+    return maps, scores
 
 
-def latency_ms(runtime: str, model: Path, x: np.ndarray, runs: int = 10) -> float:
-    """Median batch-1 latency of the runtime's edge backend (after the backend's own warm-up run)."""
+def score_timed(runtime: str, model: Path, inputs: list[np.ndarray],
+                cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """score_all plus the median batch-1 latency (ms) of those inferences (after the backend's warm-up run)."""
     import time
 
-    backend = create_backend(runtime, model, "cpu")
-    t = []
-    for _ in range(runs):
+    backend = create_backend(runtime, model, "cpu", cache_dir)
+    preds, t = [], []
+    for x in inputs:
         t0 = time.perf_counter()
-        backend.infer(x)
+        preds.append(backend.infer(x))
         t.append(time.perf_counter() - t0)
     backend.close()
-    return float(np.median(t) * 1e3)
+    return np.stack([p.anomaly_map for p in preds]), np.array([p.score for p in preds]), float(np.median(t) * 1e3)
 
 
 def recalibrate(fp32_maps: np.ndarray, q_maps: np.ndarray) -> OutputAffine:

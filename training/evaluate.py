@@ -50,10 +50,8 @@ def evaluate(state: RunState, data: Dataset) -> tuple[dict[str, Any], dict[str, 
         report["pixel_auroc"] = _r(auroc(m.ravel(), a.ravel()))
         report["aupro_0.3"] = _r(aupro(m, a, 0.3))
         # Per kind (good images always included for the false-positive side), as LOCO reports localisation.
-        k_mask = kinds[with_mask]
-        report["aupro_by_kind"] = {
-            str(k): _r(aupro(m[(labels[with_mask] == 0) | (k_mask == k)], a[(labels[with_mask] == 0) | (k_mask == k)], 0.3))
-            for k in sorted(set(k_mask[labels[with_mask] == 1]))
-        }
+        good, k_mask = labels[with_mask] == 0, kinds[with_mask]
+        report["aupro_by_kind"] = {str(k): _r(aupro(m[good | (k_mask == k)], a[good | (k_mask == k)], 0.3))
+                                   for k in sorted(set(k_mask[~good]))}
         arrays["masks"] = masks
     return report, arrays
