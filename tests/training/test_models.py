@@ -156,7 +156,6 @@ def test_student_teacher_map_weight_must_be_positive():
         build_model("efficientad-tiny", {"pretrained_backbone": False, "map_weights": [0, 1, 1]}, 64)
 
 
-
 def test_efficientad_teacher_scale_sets_the_lite_input_size():
     seen = {}
     for scale in (1, 2):
