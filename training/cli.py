@@ -93,7 +93,7 @@ def _cmd_distill(a: argparse.Namespace) -> int:
     from training.distill import DistillConfig, distill_teacher
 
     cfg = DistillConfig(size=a.size, backbone=a.backbone, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                        seed=a.seed, size_px=a.size_px, max_minutes=a.max_minutes)
+                        seed=a.seed, size_px=a.size_px, pool=a.pool, workers=a.workers, max_minutes=a.max_minutes)
     distill_teacher(cfg, Path(a.out), [Path(d) for d in a.data], resume=a.resume)
     return 0
 
@@ -147,11 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", choices=["s", "m", "tiny"], default="s")
     d.add_argument("--backbone", choices=["lite0", "lite1", "lite2"], default="lite0")
     d.add_argument("--data", nargs="*", default=[], help="folders of extra images (product images, photos)")
-    d.add_argument("--steps", type=int, default=20000)
-    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--steps", type=int, default=60000)
+    d.add_argument("--batch-size", type=int, default=16)
     d.add_argument("--lr", type=float, default=1e-4)
     d.add_argument("--size-px", type=int, default=256)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--pool", type=int, default=2048, help="procedural/photo images generated up front (uint8 on the device)")
+    d.add_argument("--workers", type=int, default=0, help="processes that generate the pool (0: one per core)")
     d.add_argument("--max-minutes", type=float)
     d.add_argument("--resume", action="store_true")
     d.set_defaults(fn=_cmd_distill)

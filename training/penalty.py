@@ -10,7 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PenaltyImages"]
+__all__ = ["PenaltyImages", "PHOTOS"]
+
+# scikit-image sample images that ship inside the wheel (the others are fetched on first use: never here)
+PHOTOS = (
+    "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "brick", "camera", "clock", "coins",
+    "colorwheel", "grass", "gravel", "horse", "immunohistochemistry", "logo", "moon", "page", "retina", "text",
+)
 
 
 def _pink_noise(rng: np.random.Generator, s: int) -> np.ndarray:
@@ -59,9 +65,10 @@ class PenaltyImages:
             except ImportError:
                 skdata = None
             if skdata is not None:
-                for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field"):
-                    img = getattr(skdata, name)()
-                    self.photos.append(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+                for name in PHOTOS:
+                    img = np.asarray(getattr(skdata, name)(), dtype=np.float32) / 255.0
+                    img = np.repeat(img[..., None], 3, 2) if img.ndim == 2 else img[..., :3]
+                    self.photos.append(img.transpose(2, 0, 1))
 
     def _one(self) -> np.ndarray:
         s = self.size_px
@@ -75,7 +82,8 @@ class PenaltyImages:
             img = _stripes(self.rng, s)
         else:
             ph = self.photos[int(self.rng.integers(len(self.photos)))]
-            c = int(self.rng.integers(s // 2, min(ph.shape[1:]) + 1))
+            side = min(ph.shape[1:])
+            c = int(self.rng.integers(min(s // 2, side), side + 1))
             y = int(self.rng.integers(0, ph.shape[1] - c + 1))
             x = int(self.rng.integers(0, ph.shape[2] - c + 1))
             t = torch.from_numpy(np.ascontiguousarray(ph[:, y : y + c, x : x + c]))[None]
