@@ -25,6 +25,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "efficientad-s lite0 +snc": ("efficientad-s", {"teacher": "lite0", "snc": True}),
     "efficientad-s pdn": ("efficientad-s", {"teacher": "pdn"}),
     "efficientad-s pdn +margin": ("efficientad-s", {"teacher": "pdn", "margin": {"enabled": True, "mode": "truncate"}}),
+    "efficientad-s pdn texture": ("efficientad-s", {"teacher": "pdn", "map_weights": [1, 0, 2]}),
     "ast": ("ast", {}),
     "ast +snc": ("ast", {"snc": True}),
     "ast fine": ("ast", {"backbone_scale": 4}),
