@@ -129,6 +129,7 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     _save_checkpoint(ckpt, model, opt, steps_done)
     train_minutes = (time.monotonic() - t0) / 60
     model.to("cpu").eval()
+    model.equalize_channels(train)
     model.calibrate_maps(val)
     _, val_scores = score_images(model, val)
     threshold = threshold_at_far(val_scores, cfg.false_alarm_rate)

@@ -165,3 +165,34 @@ def test_efficientad_teacher_scale_sets_the_lite_input_size():
         amap, _ = m(torch.rand(1, 3, 64, 64))
         assert amap.shape == (1, 1, 64, 64)
     assert seen == {1: 64, 2: 128}
+
+
+def test_shipped_pdn_teacher_is_the_default_and_runs_efficientad():
+    m = build_model("efficientad-s", {"teacher": "pdn", "gaussian": False}, 64).eval()
+    assert not any(p.requires_grad for p in m.teacher.parameters())
+    feats = m.teacher(torch.rand(2, 3, 64, 64))
+    assert feats.shape == (2, 232, 16, 16) and torch.isfinite(feats).all() and float(feats.std()) > 0.1
+
+
+def test_channel_equalisation_keeps_the_function_and_evens_activation_ranges():
+    from training.models.pdn import PDN_WIDTHS, Pdn, equalize_channels
+
+    torch.manual_seed(0)
+    pdn = Pdn(8, PDN_WIDTHS["tiny"]).eval()
+    with torch.no_grad():  # a distilled net's spread: some channels 30x louder than others
+        pdn.net[0].weight[:4] *= 30.0
+    x = torch.rand(4, 3, 32, 32)
+    peaks = {}
+    hooks = [pdn.net[i].register_forward_hook(lambda m, a, o, i=i: peaks.__setitem__(i, o.amax(dim=(0, 2, 3))))
+             for i in (1, 4, 7)]  # the ReLU outputs INT8 activations see
+    with torch.no_grad():
+        before = pdn(x)
+        spread_before = float(peaks[1].max() / peaks[1][peaks[1] > 0].min())
+        equalize_channels(pdn, x)
+        after = pdn(x)
+    for h in hooks:
+        h.remove()
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-5)
+    assert spread_before > 10
+    live = peaks[1][peaks[1] > 0]
+    assert float(live.max() / live.min()) < spread_before / 5

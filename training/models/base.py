@@ -66,6 +66,9 @@ class AnomalyModel(nn.Module, ABC):
     def training_losses(self, batch: TrainBatch, step: int, total_steps: int) -> dict[str, torch.Tensor]:
         """Loss terms for one step; the key 'loss' is what is minimised."""
 
+    def equalize_channels(self, good_images: torch.Tensor) -> None:
+        """After training: function-preserving rescaling that helps INT8 activations (none by default)."""
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 

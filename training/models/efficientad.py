@@ -21,7 +21,7 @@ from torch import nn
 
 from training.errors import TrainConfigError
 from training.models.base import AnomalyModel, FamilyParams, TrainBatch, register
-from training.models.pdn import PDN_WIDTHS, Autoencoder, Pdn, pdn_grid
+from training.models.pdn import PDN_WIDTHS, Autoencoder, Pdn, equalize_channels, pdn_grid
 from training.models.snc import SncHead
 from training.models.teachers import LiteTarget, load_pdn_teacher
 from training.penalty import PenaltyImages
@@ -134,6 +134,11 @@ class EfficientAd(AnomalyModel):
 
     def describe(self) -> dict[str, Any]:
         return {"family": self.family, "variant": f"efficientad-{self.params.size}", "params": self.params.model_dump()}
+
+    def equalize_channels(self, good_images: torch.Tensor) -> None:
+        for net in (self.teacher, self.student):
+            if isinstance(net, Pdn):
+                equalize_channels(net, good_images)
 
     def _teacher(self, image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
