@@ -36,6 +36,7 @@ def test_selection_takes_the_fastest_candidate_that_keeps_accuracy():
             {"selection_auroc": 0.998, "spearman": 0.99, "latency_ms": 20.0}]
     assert _choose(rows, fp32_auroc=1.0, max_drop=0.005) == 3
     assert _choose(rows[1:3], fp32_auroc=1.0, max_drop=0.005) == 0  # none acceptable: the most accurate
+    assert _choose(rows, fp32_auroc=1.0, max_drop=0.005, min_spearman=0.4) == 1  # --min-spearman 0.4
 
 
 def test_head_nodes_are_the_top_level_scoring_ops(tiny_run):
