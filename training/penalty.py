@@ -6,6 +6,8 @@ scikit-image is installed, random crops of its bundled sample photos.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,23 +54,28 @@ def _stripes(rng: np.random.Generator, s: int) -> np.ndarray:
     return c0 * wave[None] + c1 * (1 - wave[None])
 
 
+@lru_cache(maxsize=1)
+def _photos() -> tuple[np.ndarray, ...]:
+    """scikit-image's bundled photos as float 3xHxW, decoded once per process (empty without scikit-image)."""
+    try:
+        from skimage import data as skdata
+    except ImportError:
+        return ()
+    out = []
+    for name in PHOTOS:
+        img = np.asarray(getattr(skdata, name)(), dtype=np.float32) / 255.0
+        img = np.repeat(img[..., None], 3, 2) if img.ndim == 2 else img[..., :3]
+        out.append(img.transpose(2, 0, 1))
+    return tuple(out)
+
+
 class PenaltyImages:
     """Endless stream of penalty images as float tensors Bx3xSxS in [0, 1]."""
 
     def __init__(self, size_px: int, seed: int = 0, use_photos: bool = True) -> None:
         self.size_px = size_px
         self.rng = np.random.default_rng(seed + 7919)
-        self.photos: list[np.ndarray] = []
-        if use_photos:
-            try:
-                from skimage import data as skdata
-            except ImportError:
-                skdata = None
-            if skdata is not None:
-                for name in PHOTOS:
-                    img = np.asarray(getattr(skdata, name)(), dtype=np.float32) / 255.0
-                    img = np.repeat(img[..., None], 3, 2) if img.ndim == 2 else img[..., :3]
-                    self.photos.append(img.transpose(2, 0, 1))
+        self.photos = _photos() if use_photos else ()
 
     def _one(self) -> np.ndarray:
         s = self.size_px
