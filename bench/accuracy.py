@@ -32,6 +32,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ast-paper": ("ast-paper", {}),
     "fcl": ("fcl", {}),
     "fcl-nosnc": ("fcl-nosnc", {}),
+    "fcl-local": ("fcl-local", {}),
 }
 
 

@@ -8,6 +8,12 @@ framework, and anomaly localisation as the focus. Everything else here is Linesi
 level); the student is the same topology from random initialisation (STFPM-style), trained to make its
 per-level SNC codes consistent with the teacher's (L2 distance of channel-normalised codes); the map is the
 per-level inconsistency, each normalised on good images, upsampled and averaged; image score = max.
+
+Lineside's addition (on by default, `global_branch`): local consistency cannot see a missing, extra or
+misplaced part, because a locally plausible patch looks the same to teacher and student. A third consistency
+is learned through a bottleneck: an EfficientAD-style autoencoder (image -> 64-d code -> teacher grid) learns
+the teacher's channel-standardised high-level features of good parts; where the part layout is wrong the code
+cannot express it, and the autoencoder/teacher inconsistency localises the logical anomaly.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import nn
 
 from training.backbone import LiteBackbone
 from training.models.base import AnomalyModel, FamilyParams, TrainBatch, register
+from training.models.pdn import Autoencoder
 from training.models.snc import SncHead
 
 __all__ = ["Fcl", "FclParams", "VARIANTS"]
@@ -32,6 +39,7 @@ class FclParams(FamilyParams):
     backbone_scale: int = Field(2, ge=1, le=4, description="network input = scale x model input")
     snc: bool = Field(True, description="compare through spatial-neighbourhood codes (off: plain feature consistency)")
     snc_kernel: int = Field(3, ge=1, description="SNC neighbourhood size (odd)")
+    global_branch: bool = Field(True, description="add the bottleneck (autoencoder) consistency on the high level")
     student_init: Literal["random", "teacher"] = Field("random", description="student starts random or as the teacher")
     pretrained_backbone: bool = Field(True, description="ImageNet weights for the teacher (False only in tests)")
 
@@ -39,6 +47,7 @@ class FclParams(FamilyParams):
 VARIANTS: dict[str, dict[str, Any]] = {
     "fcl": {},
     "fcl-nosnc": {"snc": False},
+    "fcl-local": {"global_branch": False},
     "fcl-tiny": {"stages": (2, 3), "backbone_scale": 1},
 }
 
@@ -49,7 +58,7 @@ class Fcl(AnomalyModel):
     Params = FclParams
 
     def __init__(self, params: FclParams, size_px: int, seed: int = 0) -> None:
-        super().__init__(size_px, n_maps=len(params.stages), score_pool="max")
+        super().__init__(size_px, n_maps=len(params.stages) + int(params.global_branch), score_pool="max")
         self.params = params
         self.scale = params.backbone_scale
         n = size_px * self.scale
@@ -62,10 +71,17 @@ class Fcl(AnomalyModel):
         self.sncs = nn.ModuleList(
             SncHead(c, params.snc_kernel) if params.snc else nn.Identity() for c in self.teacher.channels
         )
+        self.ae: Autoencoder | None = None
+        if params.global_branch:
+            c_high, grid = self.teacher.channels[-1], n // self.teacher.strides[-1]
+            self.ae = Autoencoder(size_px, c_high, grid)
+            self.register_buffer("h_mean", torch.zeros(1, c_high, 1, 1))
+            self.register_buffer("h_std", torch.ones(1, c_high, 1, 1))
 
     def describe(self) -> dict[str, Any]:
-        return {"family": self.family, "variant": "fcl" + ("" if self.params.snc else "-nosnc"),
-                "params": self.params.model_dump()}
+        p = self.params
+        variant = "fcl" + ("" if p.snc else "-nosnc") + ("" if p.global_branch else "-local")
+        return {"family": self.family, "variant": variant, "params": p.model_dump()}
 
     def _input(self, image: torch.Tensor) -> torch.Tensor:
         if self.scale == 1:
@@ -82,18 +98,31 @@ class Fcl(AnomalyModel):
         for snc, t, s in zip(self.sncs, t_feats, s_feats):
             t, s = F.normalize(snc(t), dim=1), F.normalize(snc(s), dim=1)
             maps.append(0.5 * (t - s).pow(2).sum(dim=1, keepdim=True))
+        if self.ae is not None:
+            high = (t_feats[-1] - self.h_mean) / self.h_std
+            maps.append((self.ae(image) - high).pow(2).mean(dim=1, keepdim=True))
         return maps
 
     @torch.no_grad()
     def prepare(self, train_images: torch.Tensor, progress: bool = True) -> None:
-        """Nothing to precompute: the student sees augmented-free images and the teacher runs alongside."""
+        """Channel statistics of the teacher's high-level features, the autoencoder's standardised target."""
+        if self.ae is None:
+            return
+        from tqdm import tqdm
+
+        feats = [self.teacher(self._input(train_images[i : i + 8]))[-1]
+                 for i in tqdm(range(0, len(train_images), 8), desc="teacher features", disable=not progress)]
+        high = torch.cat(feats)
+        self.h_mean.copy_(high.mean(dim=(0, 2, 3), keepdim=True))
+        self.h_std.copy_(high.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.student.parameters())
+        return list(self.student.parameters()) + (list(self.ae.parameters()) if self.ae is not None else [])
 
     def training_losses(self, batch: TrainBatch, step: int, total_steps: int) -> dict[str, torch.Tensor]:
         maps = self._inconsistency(batch.images)
-        losses = {f"level{i}": m.mean() for i, m in enumerate(maps)}
+        names = [f"level{i}" for i in range(len(self.params.stages))] + ["global"]
+        losses = {n: m.mean() for n, m in zip(names, maps)}
         losses["loss"] = sum(losses.values())  # type: ignore[assignment]
         return losses
 
