@@ -24,7 +24,8 @@ def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
     mp = res["mixed_precision"]
     assert all(r["latency_ms"] > 0 for r in mp["candidates"])
     chosen = next(r for r in mp["candidates"] if all(r.get(k) == v for k, v in mp["chosen"].items()))
-    assert chosen["spearman"] >= 0.98 or max(r["spearman"] for r in mp["candidates"]) < 0.98
+    fp32 = mp["selection_auroc_fp32"]
+    assert chosen["selection_auroc"] >= fp32 - 0.005 or max(r["selection_auroc"] for r in mp["candidates"]) < fp32 - 0.005
 
 
 def test_selection_takes_the_fastest_candidate_that_keeps_accuracy():
@@ -34,9 +35,23 @@ def test_selection_takes_the_fastest_candidate_that_keeps_accuracy():
             {"selection_auroc": 1.0, "spearman": 0.50, "latency_ms": 10.0},  # fast but reorders the scores
             {"selection_auroc": 0.90, "spearman": 0.99, "latency_ms": 12.0},  # fast but loses AUROC
             {"selection_auroc": 0.998, "spearman": 0.99, "latency_ms": 20.0}]
-    assert _choose(rows, fp32_auroc=1.0, max_drop=0.005) == 3
-    assert _choose(rows[1:3], fp32_auroc=1.0, max_drop=0.005) == 0  # none acceptable: the most accurate
-    assert _choose(rows, fp32_auroc=1.0, max_drop=0.005, min_spearman=0.4) == 1  # --min-spearman 0.4
+    assert _choose(rows, fp32_auroc=1.0, max_drop=0.005, min_spearman=0.98) == 3  # --min-spearman 0.98
+    lossy = [rows[2], {"selection_auroc": 0.95, "spearman": 0.9, "latency_ms": 15.0}]
+    assert _choose(lossy, fp32_auroc=1.0, max_drop=0.005) == 1  # none acceptable: the most accurate
+    assert _choose(rows, fp32_auroc=1.0, max_drop=0.005) == 1  # default: AUROC on the graded set decides
+
+
+def test_selection_set_grades_the_defects_from_faint_to_plain():
+    from quantize.cli import SELECTION_STRENGTHS, _select_set
+
+    rng = np.random.default_rng(0)
+    goods = [rng.uniform(0.3, 0.7, (1, 3, 32, 32)).astype(np.float32) for _ in range(4)]
+    inputs, labels = _select_set(goods, 32, 0)
+    assert len(inputs) == 4 * (1 + len(SELECTION_STRENGTHS)) and labels.sum() == 4 * len(SELECTION_STRENGTHS)
+    # the same good image at rising strengths departs further from itself
+    dev = [float(np.abs(inputs[4 + 4 * k] - goods[0]).max()) for k in range(len(SELECTION_STRENGTHS))]
+    assert all(a < b for a, b in zip(dev, dev[1:])) and dev[0] > 0
+    assert all(x.dtype == np.float32 and x.shape == (1, 3, 32, 32) for x in inputs)
 
 
 def test_head_nodes_are_the_top_level_scoring_ops(tiny_run):
