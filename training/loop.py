@@ -64,9 +64,9 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _save_checkpoint(path: Path, model: AnomalyModel, opt: torch.optim.Optimizer, step: int) -> None:
+def _save_checkpoint(path: Path, model: AnomalyModel, opt: torch.optim.Optimizer, step: int, minutes: float) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "model": model.state_dict(), "optim": opt.state_dict(),
+    torch.save({"step": step, "minutes": minutes, "model": model.state_dict(), "optim": opt.state_dict(),
                 "rng": torch.get_rng_state()}, tmp)
     tmp.replace(path)  # atomic: a crash mid-save never leaves a half checkpoint
 
@@ -90,44 +90,54 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     model.prepare(train, progress=progress)
     model.to(device)
     opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    drop_at = int(cfg.steps * cfg.lr_drop_at)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_at], gamma=0.1)
-    start = 0
+    start, minutes_before = 0, 0.0
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         torch.set_rng_state(state["rng"])
-        start = int(state["step"])
-        for _ in range(start):
-            sched.step()
+        start, minutes_before = int(state["step"]), float(state.get("minutes", 0.0))
     gen = torch.Generator().manual_seed(cfg.seed + start)
     t0 = time.monotonic()
+
+    def minutes() -> float:
+        return minutes_before + (time.monotonic() - t0) / 60
+
+    def done_share(step: int) -> float:
+        """Share of the schedule done: whichever of the step count and the time budget runs out first sets it,
+        so the lr drop and a family's phases (AST: teacher, then student) happen inside a --max-minutes run."""
+        share = step / cfg.steps
+        if cfg.max_minutes is not None:
+            share = max(share, minutes() / cfg.max_minutes)
+        return min(share, 1.0)
+
     history: list[dict[str, float]] = []
     model.train()
     bar = tqdm(range(start, cfg.steps), desc=f"train {cfg.model}", disable=not progress, initial=start, total=cfg.steps)
     step = start
     for step in bar:
+        share = done_share(step)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * (0.1 if share >= cfg.lr_drop_at else 1.0)
         idx = torch.randint(len(train), (min(cfg.batch_size, len(train)),), generator=gen)
         batch = TrainBatch(idx, train[idx].to(device))
-        losses = model.training_losses(batch, step, cfg.steps)
+        losses = model.training_losses(batch, share)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()
-        sched.step()
         if step % 10 == 0:
             row = {k: round(float(v.detach()), 5) for k, v in losses.items()}
             history.append({"step": step, **row})
             bar.set_postfix(loss=row["loss"])
         if (step + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(ckpt, model, opt, step + 1)
-        if cfg.max_minutes is not None and (time.monotonic() - t0) / 60 > cfg.max_minutes:
+            _save_checkpoint(ckpt, model, opt, step + 1, minutes())
+        if cfg.max_minutes is not None and minutes() > cfg.max_minutes:
             bar.write(f"time budget of {cfg.max_minutes} min reached at step {step + 1}/{cfg.steps}")
             break
     steps_done = step + 1
-    _save_checkpoint(ckpt, model, opt, steps_done)
-    train_minutes = (time.monotonic() - t0) / 60
+    train_minutes = minutes()
+    _save_checkpoint(ckpt, model, opt, steps_done, train_minutes)
     model.to("cpu").eval()
     model.equalize_channels(train)
     model.calibrate_maps(val)

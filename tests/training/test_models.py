@@ -59,7 +59,7 @@ def test_every_registered_model_has_a_working_training_step(name):
     m = build_model(name, {**params, "pretrained_backbone": False}, 64)
     x = torch.rand(2, 3, 64, 64)
     m.prepare(x, progress=False)
-    losses = m.training_losses(TrainBatch(torch.arange(2), x), 0, 1)
+    losses = m.training_losses(TrainBatch(torch.arange(2), x), 0.0)
     losses["loss"].backward()
     assert torch.isfinite(losses["loss"])
     m.eval()
@@ -78,7 +78,7 @@ def test_margin_constraint_changes_the_ae_loss(mode):
         torch.manual_seed(0)
         m = build_model("efficientad-tiny", {**base, "margin": {"enabled": enabled, "mode": mode, "quantile": 0.9}}, 64)
         m.prepare(x, progress=False)
-        out[enabled] = m.training_losses(TrainBatch(torch.arange(2), x), 0, 1)
+        out[enabled] = m.training_losses(TrainBatch(torch.arange(2), x), 0.0)
     assert float(out[True]["ae"]) < float(out[False]["ae"])  # distinctive elements left out of the AE loss
     assert ("separation" in out[True]) == (mode == "hinge")
 
@@ -196,3 +196,20 @@ def test_channel_equalisation_keeps_the_function_and_evens_activation_ranges():
     assert spread_before > 10
     live = peaks[1][peaks[1] > 0]
     assert float(live.max() / live.min()) < spread_before / 5
+
+
+def test_time_budget_sets_the_schedule_so_ast_trains_its_student(tmp_path, tiny_data):
+    """With --max-minutes and far more steps than fit in it, AST still reaches its student phase."""
+    import json
+
+    from training.config import FitConfig
+    from training.data import open_dataset
+    from training.loop import fit
+
+    cfg = FitConfig(model="ast-tiny", params={"pretrained_backbone": False}, size_px=64, steps=1_000_000,
+                    batch_size=2, max_minutes=0.1, lr_drop_at=0.9)
+    state = fit(cfg, open_dataset(tiny_data), tmp_path, progress=False)
+    hist = json.loads((tmp_path / "train.json").read_text())["history"]
+    phases = [("flow_nll" in h, "student" in h) for h in hist]
+    assert phases[0] == (True, False) and phases[-1] == (False, True)  # teacher first, then the student
+    assert state.meta["train_minutes"] >= 0.1 and state.meta["steps_done"] < 1_000_000

@@ -37,7 +37,7 @@ class AstParams(FamilyParams):
     flow_hidden: int = Field(64, ge=8, description="hidden channels of the coupling sub-networks")
     clamp: float = Field(1.9, gt=0, description="soft clamp alpha of the coupling scales")
     pos_channels: int = Field(32, ge=4, description="positional-encoding channels")
-    teacher_fraction: float = Field(0.5, gt=0, lt=1, description="share of the steps that train the flow teacher")
+    teacher_fraction: float = Field(0.5, gt=0, lt=1, description="share of the schedule (steps or time budget) that trains the flow teacher")
     score_pool: Literal["max", "mean"] = Field("max", description="image score from the map")
     snc: bool = Field(False, description="compare teacher and student through spatial-neighbourhood codes (FCL)")
     pretrained_backbone: bool = Field(True, description="ImageNet weights (False only in tests)")
@@ -202,11 +202,11 @@ class Ast(AnomalyModel):
     def _cond(self, b: int) -> torch.Tensor:
         return self.posenc.expand(b, -1, -1, -1)
 
-    def training_losses(self, batch: TrainBatch, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def training_losses(self, batch: TrainBatch, done: float) -> dict[str, torch.Tensor]:
         assert self._cache is not None, "prepare() must run before training"
         f = self._cache[batch.index]
         cond = self._cond(f.shape[0])
-        if step < int(total_steps * self.params.teacher_fraction):
+        if done < self.params.teacher_fraction:
             z, logdet = self.teacher(f, cond)
             nll = (0.5 * z.pow(2).sum(1) - logdet).mean() / self.channels
             return {"flow_nll": nll, "loss": nll}

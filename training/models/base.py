@@ -63,8 +63,8 @@ class AnomalyModel(nn.Module, ABC):
         """One-off work before the training loop (teacher statistics, feature caches)."""
 
     @abstractmethod
-    def training_losses(self, batch: TrainBatch, step: int, total_steps: int) -> dict[str, torch.Tensor]:
-        """Loss terms for one step; the key 'loss' is what is minimised."""
+    def training_losses(self, batch: TrainBatch, done: float) -> dict[str, torch.Tensor]:
+        """Loss terms for one step; `done` is the share of the schedule done, in [0, 1]; key "loss" is minimised."""
 
     def equalize_channels(self, good_images: torch.Tensor) -> None:
         """After training: function-preserving rescaling that helps INT8 activations (none by default)."""

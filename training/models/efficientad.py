@@ -218,7 +218,7 @@ class EfficientAd(AnomalyModel):
             maps.append(self._gauss_map(t_norm))
         return maps
 
-    def training_losses(self, batch: TrainBatch, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def training_losses(self, batch: TrainBatch, done: float) -> dict[str, torch.Tensor]:
         assert self._cache is not None, "prepare() must run before training"
         p = self.params
         img = batch.images

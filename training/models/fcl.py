@@ -119,7 +119,7 @@ class Fcl(AnomalyModel):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.student.parameters()) + (list(self.ae.parameters()) if self.ae is not None else [])
 
-    def training_losses(self, batch: TrainBatch, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def training_losses(self, batch: TrainBatch, done: float) -> dict[str, torch.Tensor]:
         maps = self._inconsistency(batch.images)
         names = [f"level{i}" for i in range(len(self.params.stages))] + ["global"]
         losses = {n: m.mean() for n, m in zip(names, maps)}
