@@ -30,6 +30,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ast +snc": ("ast", {"snc": True}),
     "ast fine": ("ast", {"backbone_scale": 4}),
     "ast-paper": ("ast-paper", {}),
+    "ast-global": ("ast-global", {}),
+    "ast-global fine": ("ast-global", {"backbone_scale": 4}),
     "fcl": ("fcl", {}),
     "fcl-nosnc": ("fcl-nosnc", {}),
     "fcl-local": ("fcl-local", {}),

@@ -98,14 +98,15 @@ def test_snc_codes_only_the_neighbourhood():
     assert code[0, 2, 3, 3] == pytest.approx(9.0 - 1.0)  # contrast to the neighbourhood mean (9 / 9)
 
 
-@pytest.mark.parametrize("name", ["efficientad-tiny", "ast-tiny", "fcl-tiny"])
-def test_every_family_fits_exports_and_matches_ort(name, tiny_data, tmp_path):
+@pytest.mark.parametrize("name, params", [("efficientad-tiny", {}), ("ast-tiny", {}), ("ast-tiny", {"global_branch": True}),
+                                          ("fcl-tiny", {}), ("fcl-tiny", {"global_branch": False})])
+def test_every_family_fits_exports_and_matches_ort(name, params, tiny_data, tmp_path):
     from training.config import FitConfig
     from training.data import open_dataset
     from training.export import export_onnx
     from training.loop import fit, load_images
 
-    cfg = FitConfig(model=name, size_px=64, steps=4, batch_size=2)
+    cfg = FitConfig(model=name, params=params, size_px=64, steps=4, batch_size=2)
     data = open_dataset(tiny_data)
     state = fit(cfg, data, tmp_path, progress=False)
     path = export_onnx(state, tmp_path, load_images(data.test[-3:], 64))  # raises unless ORT matches torch
@@ -213,3 +214,20 @@ def test_time_budget_sets_the_schedule_so_ast_trains_its_student(tmp_path, tiny_
     phases = [("flow_nll" in h, "student" in h) for h in hist]
     assert phases[0] == (True, False) and phases[-1] == (False, True)  # teacher first, then the student
     assert state.meta["train_minutes"] >= 0.1 and state.meta["steps_done"] < 1_000_000
+
+
+def test_global_consistency_standardises_its_target_and_maps_on_the_grid():
+    from training.models.consistency import GlobalConsistency
+
+    g = GlobalConsistency(64, channels=5, grid=4).eval()
+    feats = torch.randn(6, 5, 4, 4) * torch.arange(1.0, 6.0).view(1, 5, 1, 1) + 3.0
+    g.fit_stats(feats)
+    target = (feats - g.mean) / g.std
+    assert target.mean(dim=(0, 2, 3)).abs().max() < 1e-5 and (target.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-5
+    m = g(torch.rand(6, 3, 64, 64), feats)
+    assert m.shape == (6, 1, 4, 4) and bool((m >= 0).all())
+    # a feature grid far from the good ones raises the map exactly where it departs
+    odd = feats.clone()
+    odd[:, :, 1, 2] += 10 * g.std.view(1, 5)
+    diff = g(torch.zeros(6, 3, 64, 64), odd) - g(torch.zeros(6, 3, 64, 64), feats)
+    assert int(diff.mean(0)[0].flatten().argmax()) == 1 * 4 + 2

@@ -9,6 +9,8 @@ channels of the squared distance; pre-extracted features.
 Lineside's adaptation: the backbone is EfficientNet-Lite (stage 5 + stage 6 upsampled = 304 channels on
 Lite0, the reference width) at 2x the input size, so the grid is input/8; the student width is a variant
 (1024 as in the paper, 256 for the edge); teacher and student are trained in one run, teacher first.
+Optional, Lineside's own (`global_branch`, variant `ast-global`): the global consistency of FCL
+(training/models/consistency.py) on the same features, as a second map, for logical anomalies.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from training.backbone import LiteBackbone
 from training.models.base import AnomalyModel, FamilyParams, TrainBatch, register
+from training.models.consistency import GlobalConsistency
 from training.models.snc import SncHead
 
 __all__ = ["Ast", "AstParams", "VARIANTS", "positional_encoding", "FlowTeacher"]
@@ -40,12 +43,14 @@ class AstParams(FamilyParams):
     teacher_fraction: float = Field(0.5, gt=0, lt=1, description="share of the schedule (steps or time budget) that trains the flow teacher")
     score_pool: Literal["max", "mean"] = Field("max", description="image score from the map")
     snc: bool = Field(False, description="compare teacher and student through spatial-neighbourhood codes (FCL)")
+    global_branch: bool = Field(False, description="add the bottleneck (autoencoder) consistency map (Lineside's own)")
     pretrained_backbone: bool = Field(True, description="ImageNet weights (False only in tests)")
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "ast": {"student_width": 256},
     "ast-paper": {"student_width": 1024},
+    "ast-global": {"student_width": 256, "global_branch": True},
     "ast-tiny": {"student_width": 32, "student_blocks": 1, "flow_hidden": 16, "coupling_blocks": 2},
 }
 
@@ -157,7 +162,7 @@ class Ast(AnomalyModel):
     Params = AstParams
 
     def __init__(self, params: AstParams, size_px: int, seed: int = 0) -> None:
-        super().__init__(size_px, n_maps=1, score_pool=params.score_pool)
+        super().__init__(size_px, n_maps=1 + int(params.global_branch), score_pool=params.score_pool)
         self.params = params
         self.scale = params.backbone_scale
         self.backbone = LiteBackbone(params.backbone, (5, 6), size_px * self.scale, pretrained=params.pretrained_backbone)
@@ -170,6 +175,7 @@ class Ast(AnomalyModel):
         self.teacher = FlowTeacher(c, params.pos_channels, params.coupling_blocks, params.flow_hidden, params.clamp)
         self.student = _Student(c + params.pos_channels, c, params.student_width, params.student_blocks)
         self.snc = SncHead(c) if params.snc else None
+        self.glob = GlobalConsistency(size_px, c, self.grid) if params.global_branch else None
         self._cache: torch.Tensor | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -195,9 +201,12 @@ class Ast(AnomalyModel):
         self.f_mean.copy_(feats.mean(dim=(0, 2, 3), keepdim=True))
         self.f_std.copy_(feats.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))
         self._cache = (feats - self.f_mean) / self.f_std
+        if self.glob is not None:
+            self.glob.fit_stats(self._cache)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.teacher.parameters()) + list(self.student.parameters())
+        extra = list(self.glob.parameters()) if self.glob is not None else []
+        return list(self.teacher.parameters()) + list(self.student.parameters()) + extra
 
     def _cond(self, b: int) -> torch.Tensor:
         return self.posenc.expand(b, -1, -1, -1)
@@ -206,18 +215,22 @@ class Ast(AnomalyModel):
         assert self._cache is not None, "prepare() must run before training"
         f = self._cache[batch.index]
         cond = self._cond(f.shape[0])
+        losses: dict[str, torch.Tensor] = {}
+        if self.glob is not None:  # the bottleneck learns all along; it does not need the teacher
+            losses["global"] = self.glob(batch.images, f).mean()
         if done < self.params.teacher_fraction:
             z, logdet = self.teacher(f, cond)
-            nll = (0.5 * z.pow(2).sum(1) - logdet).mean() / self.channels
-            return {"flow_nll": nll, "loss": nll}
-        with torch.no_grad():
-            self.teacher.eval()
-            z, _ = self.teacher(f, cond)
-        s = self.student(torch.cat([f, cond], 1))
-        if self.snc is not None:
-            z, s = self.snc(z), self.snc(s)
-        loss = (z - s).pow(2).mean()
-        return {"student": loss, "loss": loss}
+            losses["flow_nll"] = (0.5 * z.pow(2).sum(1) - logdet).mean() / self.channels
+        else:
+            with torch.no_grad():
+                self.teacher.eval()
+                z, _ = self.teacher(f, cond)
+            s = self.student(torch.cat([f, cond], 1))
+            if self.snc is not None:
+                z, s = self.snc(z), self.snc(s)
+            losses["student"] = (z - s).pow(2).mean()
+        losses["loss"] = sum(losses.values())  # type: ignore[assignment]
+        return losses
 
     def raw_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
         f = self.features(image)
@@ -226,4 +239,7 @@ class Ast(AnomalyModel):
         s = self.student(torch.cat([f, cond], 1))
         if self.snc is not None:
             z, s = self.snc(z), self.snc(s)
-        return [(z - s).pow(2).mean(dim=1, keepdim=True)]
+        maps = [(z - s).pow(2).mean(dim=1, keepdim=True)]
+        if self.glob is not None:
+            maps.append(self.glob(image, f))
+        return maps

@@ -9,11 +9,8 @@ level); the student is the same topology from random initialisation (STFPM-style
 per-level SNC codes consistent with the teacher's (L2 distance of channel-normalised codes); the map is the
 per-level inconsistency, each normalised on good images, upsampled and averaged; image score = max.
 
-Lineside's addition (on by default, `global_branch`): local consistency cannot see a missing, extra or
-misplaced part, because a locally plausible patch looks the same to teacher and student. A third consistency
-is learned through a bottleneck: an EfficientAD-style autoencoder (image -> 64-d code -> teacher grid) learns
-the teacher's channel-standardised high-level features of good parts; where the part layout is wrong the code
-cannot express it, and the autoencoder/teacher inconsistency localises the logical anomaly.
+Lineside's addition (on by default, `global_branch`): a global consistency on the high level
+(training/models/consistency.py), so a missing, extra or misplaced part is localised too.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ from torch import nn
 
 from training.backbone import LiteBackbone
 from training.models.base import AnomalyModel, FamilyParams, TrainBatch, register
-from training.models.pdn import Autoencoder
+from training.models.consistency import GlobalConsistency
 from training.models.snc import SncHead
 
 __all__ = ["Fcl", "FclParams", "VARIANTS"]
@@ -71,12 +68,9 @@ class Fcl(AnomalyModel):
         self.sncs = nn.ModuleList(
             SncHead(c, params.snc_kernel) if params.snc else nn.Identity() for c in self.teacher.channels
         )
-        self.ae: Autoencoder | None = None
+        self.glob: GlobalConsistency | None = None
         if params.global_branch:
-            c_high, grid = self.teacher.channels[-1], n // self.teacher.strides[-1]
-            self.ae = Autoencoder(size_px, c_high, grid)
-            self.register_buffer("h_mean", torch.zeros(1, c_high, 1, 1))
-            self.register_buffer("h_std", torch.ones(1, c_high, 1, 1))
+            self.glob = GlobalConsistency(size_px, self.teacher.channels[-1], n // self.teacher.strides[-1])
 
     def describe(self) -> dict[str, Any]:
         p = self.params
@@ -98,26 +92,23 @@ class Fcl(AnomalyModel):
         for snc, t, s in zip(self.sncs, t_feats, s_feats):
             t, s = F.normalize(snc(t), dim=1), F.normalize(snc(s), dim=1)
             maps.append(0.5 * (t - s).pow(2).sum(dim=1, keepdim=True))
-        if self.ae is not None:
-            high = (t_feats[-1] - self.h_mean) / self.h_std
-            maps.append((self.ae(image) - high).pow(2).mean(dim=1, keepdim=True))
+        if self.glob is not None:
+            maps.append(self.glob(image, t_feats[-1]))
         return maps
 
     @torch.no_grad()
     def prepare(self, train_images: torch.Tensor, progress: bool = True) -> None:
-        """Channel statistics of the teacher's high-level features, the autoencoder's standardised target."""
-        if self.ae is None:
+        """Channel statistics of the teacher's high-level features, the global branch's standardised target."""
+        if self.glob is None:
             return
         from tqdm import tqdm
 
         feats = [self.teacher(self._input(train_images[i : i + 8]))[-1]
                  for i in tqdm(range(0, len(train_images), 8), desc="teacher features", disable=not progress)]
-        high = torch.cat(feats)
-        self.h_mean.copy_(high.mean(dim=(0, 2, 3), keepdim=True))
-        self.h_std.copy_(high.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))
+        self.glob.fit_stats(torch.cat(feats))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.student.parameters()) + (list(self.ae.parameters()) if self.ae is not None else [])
+        return list(self.student.parameters()) + (list(self.glob.parameters()) if self.glob is not None else [])
 
     def training_losses(self, batch: TrainBatch, done: float) -> dict[str, torch.Tensor]:
         maps = self._inconsistency(batch.images)
