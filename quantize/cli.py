@@ -56,6 +56,8 @@ def _candidates(runtime: str, finals: list[str], head: list[str], sensitive: lis
         # every op of the branches quantized (Relu/pooling fused into the int8 chain), the head float
         c += [{"method": "minmax", "scope": "all", "keep_float": head + [n for n in k if n not in head]} for k in keep]
         c += [{"method": "percentile", "scope": "all", "keep_float": head}]
+        # the same fast graphs with bias correction (ORT has none of its own; NNCF does)
+        c += [{"method": m, "scope": "all", "keep_float": head, "bias_correction": True} for m in ("minmax", "percentile")]
         return c
     if runtime == "tensorrt":
         return [{"method": m, "scope": "conv", "keep_float": k} for m in ("minmax", "percentile") for k in keep]
@@ -87,9 +89,10 @@ def _sensitivity(fp32: Path, calib: Any, inputs: list[np.ndarray], tmp: Path) ->
 
 def _build(runtime: str, fp32: Path, out: Path, calib: Any, cand: dict[str, Any], device: str) -> Path:
     if runtime in ("ort", "tensorrt"):
-        from quantize.runtimes.onnxruntime import quantize_qdq
+        from quantize.runtimes.onnxruntime import correct_bias, quantize_qdq
 
-        return quantize_qdq(fp32, out, calib, cand["method"], cand["scope"], cand["keep_float"], symmetric=runtime == "tensorrt")
+        art = quantize_qdq(fp32, out, calib, cand["method"], cand["scope"], cand["keep_float"], symmetric=runtime == "tensorrt")
+        return correct_bias(fp32, art, calib) if cand.get("bias_correction") else art
     from quantize.runtimes.openvino import quantize_nncf
 
     return quantize_nncf(fp32, out, calib, device, cand["keep_float"], cand.get("float_types"))

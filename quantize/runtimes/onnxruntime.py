@@ -59,3 +59,91 @@ def _expand(model: Path, names: list[str]) -> list[str]:
         return names
     nodes = [n.name for n in onnx.load(str(model)).graph.node]
     return [n for n in names if not n.endswith("/")] + [n for n in nodes if any(n.startswith(p) for p in prefixes)]
+
+
+
+def correct_bias(fp32: Path, qdq: Path, reader: CalibrationReader) -> Path:
+    """Bias correction of a QDQ graph in place (Nagel et al., "Data-Free Quantization", ICCV 2019, §4.2,
+    with the input means measured on calibration images instead of derived from batch norm).
+
+    Rounding a convolution's weights to INT8 shifts its output mean per channel by (W_q - W) applied to
+    the mean input; the next layers carry the shift on. EfficientAD-style maps are a small difference of two
+    large activations, so such shifts cost faint defects (NNCF corrects them too; ORT does not). Each
+    convolution's bias absorbs minus its own shift: E[out_q] - E[out] = sum over inputs and taps of
+    (W_q - W) * E[x] (border padding ignored). One FP32 pass measures every layer's input means.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(qdq))
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    ref = onnx.load(str(fp32))
+    ref_inits = {t.name: t for t in ref.graph.initializer}
+    ref_conv = {n.name: n for n in ref.graph.node if n.op_type == "Conv" and n.name}  # the quantizer keeps node names
+
+    def dequantized(name: str) -> "np.ndarray | None":
+        node = producer.get(name)
+        if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            return None
+        q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        zp = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) > 2 else 0.0
+        shape = [-1] + [1] * (q.ndim - 1) if np.ndim(scale) == 1 else []
+        return (q - np.reshape(zp, shape)) * np.reshape(scale, shape) if shape else (q - zp) * scale
+
+    work = []  # (qdq conv, weight error summed over taps, FP32 input tensor)
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 3 or node.name not in ref_conv:
+            continue
+        if any(a.name == "group" and a.i != 1 for a in node.attribute):
+            continue
+        src = ref_conv[node.name]
+        w_q = dequantized(node.input[1])
+        if w_q is None or src.input[1] not in ref_inits:
+            continue  # weights kept in float: nothing to correct
+        w = numpy_helper.to_array(ref_inits[src.input[1]]).astype(np.float64)
+        work.append((node, (w_q - w).sum(axis=(2, 3)), src.input[0]))
+    if not work:
+        return qdq
+    means = _channel_means(ref, sorted({x for *_, x in work}), reader)
+    for node, dw, x in work:
+        shift = dw @ means[x]  # (C_out, C_in) @ (C_in,)
+        bias = node.input[2]
+        if bias in inits:
+            b = numpy_helper.to_array(inits[bias])
+            inits[bias].CopyFrom(numpy_helper.from_array((b - shift).astype(b.dtype), bias))
+        elif bias in producer and producer[bias].op_type == "DequantizeLinear" and producer[bias].input[0] in inits:
+            q_name, s_name = producer[bias].input[:2]
+            b = numpy_helper.to_array(inits[q_name])
+            scale = numpy_helper.to_array(inits[s_name]).astype(np.float64)
+            fixed = np.round(b - shift / scale).clip(-(2**31), 2**31 - 1).astype(b.dtype)
+            inits[q_name].CopyFrom(numpy_helper.from_array(fixed, q_name))
+    onnx.save(model, str(qdq))
+    return qdq
+
+
+def _channel_means(model: "object", names: list[str], reader: CalibrationReader) -> dict[str, "np.ndarray"]:
+    """Mean over calibration images and positions of each named tensor of an ONNX model, per channel."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto.FromString(model.SerializeToString())  # type: ignore[attr-defined]
+    inputs = {i.name for i in m.graph.input}
+    known = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                          for n in names if n not in known and n not in inputs)
+    fetch = [n for n in names if n not in inputs]
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    sums: dict[str, np.ndarray] = {}
+    reader.rewind()
+    n_img = 0
+    while (feed := reader.get_next()) is not None:
+        values = dict(zip(fetch, sess.run(fetch, feed)))
+        values.update({n: feed[n] for n in names if n in inputs})
+        for name, v in values.items():
+            sums[name] = sums.get(name, 0) + v.astype(np.float64).mean(axis=tuple(i for i in range(v.ndim) if i != 1))
+        n_img += 1
+    return {k: v / max(n_img, 1) for k, v in sums.items()}

@@ -103,3 +103,35 @@ def test_sensitive_layers_are_cut_by_the_sqnr_bound():
     assert sensitive_nodes(sqnr, 20) == ["/model/teacher/a"]
     assert sensitive_nodes(sqnr, 30) == ["/model/ae/c", "/model/teacher/a"]
     assert sensitive_nodes(sqnr, 1) == []
+
+
+def test_bias_correction_removes_the_mean_shift_int8_weights_cause(tmp_path):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantize.calib import CalibrationReader
+    from quantize.runtimes.onnxruntime import correct_bias, quantize_qdq
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, (8, 3, 3, 3)).astype(np.float32)
+    w[:, :, 0, 0] *= 40  # one large tap per filter: coarse INT8 steps for the rest of each filter
+    b = np.zeros(8, np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w", "b"], ["y"], pads=[1, 1, 1, 1], name="conv")], "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(fp32))
+    # inputs far from zero mean: the weight rounding error times the mean is the output shift
+    reader = CalibrationReader([(5 + rng.normal(0, 0.3, (1, 3, 16, 16))).astype(np.float32) for _ in range(8)])
+    q = quantize_qdq(fp32, tmp_path / "q.onnx", reader, "minmax", "conv", [])
+
+    def shift(path):
+        ref, sess = ort.InferenceSession(str(fp32)), ort.InferenceSession(str(path))
+        d = [sess.run(None, f)[0] - ref.run(None, f)[0] for f in ({"image": x} for x in reader.inputs)]
+        return np.abs(np.mean(d, axis=(0, 1, 3, 4))).mean()
+
+    before = shift(q)
+    after = shift(correct_bias(fp32, q, reader))
+    assert before > 1e-3 and after < 0.5 * before
