@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int)
     f.add_argument("--seed", type=int)
     f.add_argument("--far", type=float, help="target false-alarm rate for the threshold (default 0.005)")
-    f.add_argument("--max-minutes", type=float)
+    f.add_argument("--max-minutes", type=float,
+                   help="training time budget; the lr drop and AST's teacher/student phases are scheduled within it")
     f.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(fn=_cmd_fit)
