@@ -69,10 +69,11 @@ def _candidates(runtime: str, finals: list[str], head: list[str], sensitive: lis
 
 
 def _choose(rows: list[dict[str, Any]], fp32_auroc: float, max_drop: float, min_spearman: float = MIN_SPEARMAN) -> int:
-    """Index of the fastest candidate that keeps accuracy (selection AUROC within max_drop of FP32 and
-    Spearman >= min_spearman); if none does, the most accurate one (the gate then reports the failure)."""
+    """Index of the fastest candidate that keeps accuracy (selection AUROC within max_drop of FP32 and, when
+    min_spearman > 0, Spearman >= min_spearman); if none does, the most accurate one (the gate then reports
+    the failure)."""
     ok = [i for i, r in enumerate(rows)
-          if r["selection_auroc"] >= fp32_auroc - max_drop and r["spearman"] >= min_spearman]
+          if r["selection_auroc"] >= fp32_auroc - max_drop and (min_spearman <= 0 or r["spearman"] >= min_spearman)]
     if ok:
         return min(ok, key=lambda i: rows[i]["latency_ms"])
     return max(range(len(rows)), key=lambda i: (round(rows[i]["selection_auroc"], 4), rows[i]["spearman"]))
