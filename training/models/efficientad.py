@@ -188,8 +188,11 @@ class EfficientAd(AnomalyModel):
         pooled = F.avg_pool2d(t, self.g_pool) if self.g_pool > 1 else t
         flat = pooled.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
         if d < t.shape[1]:
-            _, _, v = torch.pca_lowrank(flat, q=d, center=True, niter=4)
-            self.g_proj.copy_(v[:, :d].T.reshape(d, -1, 1, 1))
+            # exact PCA (eigh of the channel covariance): torch.pca_lowrank is randomised and its approximation
+            # moved ELPV poly AUROC by ~0.01 between runs at 128 of 232 dimensions (measured)
+            centred = flat.double() - flat.double().mean(dim=0)
+            _, vec = torch.linalg.eigh(centred.T @ centred)
+            self.g_proj.copy_(vec.flip(1)[:, :d].T.float().reshape(d, -1, 1, 1))
         self.g_mean.zero_()
         z = F.conv2d(pooled, self.g_proj)
         mean = z.mean(dim=0, keepdim=True)
