@@ -31,6 +31,10 @@ class CalibrationReader:
     def rewind(self) -> None:
         self._it = iter(self.inputs)
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Yield only inputs[start_index:end_index] next (ORT's strided calibration)."""
+        self._it = iter(self.inputs[start_index:end_index])
+
     def __len__(self) -> int:
         return len(self.inputs)
 

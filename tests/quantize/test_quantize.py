@@ -135,3 +135,27 @@ def test_bias_correction_removes_the_mean_shift_int8_weights_cause(tmp_path):
     before = shift(q)
     after = shift(correct_bias(fp32, q, reader))
     assert before > 1e-3 and after < 0.5 * before
+
+
+def test_strided_calibration_sees_every_image(tmp_path):
+    """ORT calibrates a few images at a time (memory); the ranges must still cover the whole set."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantize.calib import CalibrationReader
+    from quantize.runtimes.onnxruntime import calibration_stride, quantize_qdq
+
+    assert [calibration_stride(n) for n in (1, 7, 9, 12, 64)] == [1, 7, 3, 6, 8]
+    w = np.random.default_rng(1).normal(0, 1, (4, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")], "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [numpy_helper.from_array(w, "w")])
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(fp32))
+    inputs = [np.full((1, 3, 8, 8), 0.5, np.float32) for _ in range(9)]  # 9 images: three strides of 3
+    inputs[0][0, 0, 0, 0] = -1.0  # the minimum in the first stride
+    inputs[-1][0, 0, 0, 0] = 4.0  # the maximum in the last
+    q = onnx.load(str(quantize_qdq(fp32, tmp_path / "q.onnx", CalibrationReader(inputs), "minmax", "conv", [])))
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    quant = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image")
+    assert float(inits[quant.input[1]]) == pytest.approx(5.0 / 255, rel=1e-5)
