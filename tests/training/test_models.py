@@ -152,6 +152,22 @@ def test_per_position_gaussian_flags_the_odd_position_and_map_weights_drop_the_a
     assert float(m[0, 3, 5]) > 5 * float(m.median())
 
 
+def test_gaussian_projection_is_the_exact_leading_pca_subspace_whatever_the_random_state():
+    model = build_model("efficientad-tiny", {"pretrained_backbone": False, "gaussian_dims": 4}, 64)
+    g, c = model.grid, model.channels
+    gen = torch.Generator().manual_seed(0)
+    scales = torch.ones(c)
+    scales[:4] = torch.tensor([9.0, 7.0, 5.0, 3.0])  # four dominant channels: the leading subspace is known
+    feats = torch.randn(12, c, g, g, generator=gen) * scales.view(1, c, 1, 1)
+    projections = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model._fit_gaussian(feats)
+        projections.append(model.g_proj.view(4, c).clone())
+    assert torch.equal(projections[0], projections[1])
+    assert projections[0][:, 4:].abs().max() < 0.05  # spans the four dominant channels only
+
+
 def test_student_teacher_map_weight_must_be_positive():
     with pytest.raises(TrainConfigError, match="map_weights"):
         build_model("efficientad-tiny", {"pretrained_backbone": False, "map_weights": [0, 1, 1]}, 64)
