@@ -22,6 +22,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "efficientad-s lite0 no-gauss": ("efficientad-s", {"teacher": "lite0", "gaussian": False}),
     "efficientad-s lite0 texture": ("efficientad-s", {"teacher": "lite0", "map_weights": [1, 0, 2]}),
     "efficientad-s lite0 texture scale1": ("efficientad-s", {"teacher": "lite0", "map_weights": [1, 0, 2], "teacher_scale": 1}),
+    # the student regresses only the stage its 33 px receptive field can predict; Gaussian on all three stages
+    "efficientad-s lite2 texture st3": ("efficientad-s", {"teacher": "lite2", "map_weights": [1, 0, 2], "teacher_scale": 1,
+                                                          "student_stages": [3], "gaussian_dims": 128}),
     "efficientad-s lite0 +snc": ("efficientad-s", {"teacher": "lite0", "snc": True}),
     "efficientad-s pdn": ("efficientad-s", {"teacher": "pdn"}),
     "efficientad-s pdn +margin": ("efficientad-s", {"teacher": "pdn", "margin": {"enabled": True, "mode": "truncate"}}),

@@ -98,7 +98,7 @@ def test_snc_codes_only_the_neighbourhood():
     assert code[0, 2, 3, 3] == pytest.approx(9.0 - 1.0)  # contrast to the neighbourhood mean (9 / 9)
 
 
-@pytest.mark.parametrize("name, params", [("efficientad-tiny", {}), ("ast-tiny", {}), ("ast-tiny", {"global_branch": True}),
+@pytest.mark.parametrize("name, params", [("efficientad-tiny", {}), ("efficientad-tiny", {"student_stages": [3]}), ("ast-tiny", {}), ("ast-tiny", {"global_branch": True}),
                                           ("fcl-tiny", {}), ("fcl-tiny", {"global_branch": False})])
 def test_every_family_fits_exports_and_matches_ort(name, params, tiny_data, tmp_path):
     from training.config import FitConfig
@@ -166,6 +166,23 @@ def test_gaussian_projection_is_the_exact_leading_pca_subspace_whatever_the_rand
         projections.append(model.g_proj.view(4, c).clone())
     assert torch.equal(projections[0], projections[1])
     assert projections[0][:, 4:].abs().max() < 0.05  # spans the four dominant channels only
+
+
+def test_student_regresses_only_its_stages_while_the_gaussian_models_all():
+    m = build_model("efficientad-tiny", {"pretrained_backbone": False, "student_stages": [3], "gaussian_dims": 8}, 64).eval()
+    stage3 = m.teacher.backbone.channels[0]
+    assert m.channels == stage3 and m.g_proj.shape[1] == m.teacher.out_channels
+    x = torch.rand(3, 3, 64, 64)
+    m.prepare(x, progress=False)
+    with torch.no_grad():
+        t, s = m._teacher(x), m.student(x)
+        st_map = m.raw_maps(x)[0]
+    assert s.shape[1] == 2 * stage3  # the student's second half mimics the autoencoder on the same channels
+    assert torch.allclose(st_map, (t[:, :stage3] - s[:, :stage3]).pow(2).mean(dim=1, keepdim=True))
+    with pytest.raises(TrainConfigError, match="student_stages"):
+        build_model("efficientad-tiny", {"pretrained_backbone": False, "student_stages": [2]}, 64)
+    with pytest.raises(TrainConfigError, match="lite0"):
+        build_model("efficientad-s", {"teacher": "pdn", "gaussian_stages": [3]}, 64)
 
 
 def test_student_teacher_map_weight_must_be_positive():

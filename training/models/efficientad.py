@@ -54,6 +54,12 @@ class EfficientAdParams(FamilyParams):
     )
     teacher_weights: str | None = Field(None, description="path of distilled PDN teacher weights")
     teacher_stages: tuple[int, ...] = Field((3, 4, 5), description="Lite stages of the teacher target")
+    student_stages: tuple[int, ...] | None = Field(
+        None, description="teacher stages the student (and autoencoder) regress; None: all (Lite teacher only)"
+    )
+    gaussian_stages: tuple[int, ...] | None = Field(
+        None, description="teacher stages the Gaussian models; None: all (Lite teacher only)"
+    )
     teacher_scale: int = Field(2, ge=1, le=4, description="Lite teacher input = scale x model input (1: 4x fewer teacher MACs at 256 px)")
     hard_quantile: float = Field(0.999, gt=0.0, lt=1.0, description="hard-feature loss quantile")
     penalty: bool = Field(True, description="penalty loss on procedural images unlike the product")
@@ -75,6 +81,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "efficientad-m": {"size": "m"},
     "efficientad-tiny": {"size": "tiny"},
 }
+
+
+def _stage_channels(
+    name: str, chosen: tuple[int, ...] | None, tapped: tuple[int, ...], per_stage: list[int]
+) -> list[int] | None:
+    """Channel indices of the teacher target that belong to the chosen stages (None: all of them)."""
+    if chosen is None or tuple(chosen) == tuple(tapped):
+        return None
+    unknown = sorted(set(chosen) - set(tapped))
+    if unknown or not chosen:
+        raise TrainConfigError(
+            f"params.{name} {list(chosen)} must be a non-empty subset of params.teacher_stages {list(tapped)}"
+        )
+    starts = [sum(per_stage[:i]) for i in range(len(tapped))]
+    return [starts[i] + k for i, st in enumerate(tapped) if st in chosen for k in range(per_stage[i])]
+
+
+def _pick(t: torch.Tensor, channels: list[int] | None) -> torch.Tensor:
+    return t if channels is None else t[:, channels]
 
 
 def _jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -107,25 +132,36 @@ class EfficientAd(AnomalyModel):
         self.map_weight.copy_(torch.tensor(weights) / sum(weights))
         self.grid = pdn_grid(size_px)
         if params.teacher == "pdn":
+            if params.student_stages is not None or params.gaussian_stages is not None:
+                raise TrainConfigError(
+                    "params.student_stages / gaussian_stages select Lite stages: use them with --teacher lite0|lite1|lite2"
+                )
             self.teacher: nn.Module = load_pdn_teacher(params.size, params.teacher_weights)
-            channels = self.teacher.net[-1].out_channels
+            t_channels = self.teacher.net[-1].out_channels
+            self.st_channels: list[int] | None = None
+            self.g_channels: list[int] | None = None
         else:
             self.teacher = LiteTarget(
                 params.teacher, size_px, self.grid, params.teacher_stages, scale=params.teacher_scale,
                 pretrained=params.pretrained_backbone,
             )
-            channels = self.teacher.out_channels
+            t_channels = self.teacher.out_channels
+            per_stage = self.teacher.backbone.channels
+            self.st_channels = _stage_channels("student_stages", params.student_stages, params.teacher_stages, per_stage)
+            self.g_channels = _stage_channels("gaussian_stages", params.gaussian_stages, params.teacher_stages, per_stage)
+        channels = t_channels if self.st_channels is None else len(self.st_channels)
+        g_channels = t_channels if self.g_channels is None else len(self.g_channels)
         self.channels = channels
         self.student = Pdn(2 * channels if self.use_ae else channels, PDN_WIDTHS[params.size])
         self.ae = Autoencoder(size_px, channels, self.grid) if self.use_ae else None
         self.snc = SncHead(channels) if params.snc else None
-        self.register_buffer("t_mean", torch.zeros(1, channels, 1, 1))
-        self.register_buffer("t_std", torch.ones(1, channels, 1, 1))
+        self.register_buffer("t_mean", torch.zeros(1, t_channels, 1, 1))
+        self.register_buffer("t_std", torch.ones(1, t_channels, 1, 1))
         if self.use_gauss:
             self.g_pool = -(-self.grid // params.gaussian_grid)  # ceil: the Gaussian grid never exceeds gaussian_grid
             g = self.grid // self.g_pool
-            d = min(params.gaussian_dims, channels)
-            self.register_buffer("g_proj", torch.eye(channels)[:d].view(d, channels, 1, 1))
+            d = min(params.gaussian_dims, g_channels)
+            self.register_buffer("g_proj", torch.eye(g_channels)[:d].view(d, g_channels, 1, 1))
             self.register_buffer("g_mean", torch.zeros(1, d, g, g))
             self.register_buffer("g_whiten", torch.eye(d).expand(g * g, d, d).clone())
         self._gen = torch.Generator().manual_seed(seed)
@@ -161,10 +197,11 @@ class EfficientAd(AnomalyModel):
         self.t_std.copy_(raw.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))
         self._cache = (raw - self.t_mean) / self.t_std
         if self.use_gauss:
-            self._fit_gaussian(self._cache)
+            self._fit_gaussian(_pick(self._cache, self.g_channels))
 
     def _gauss_features(self, t_norm: torch.Tensor) -> torch.Tensor:
         """Teacher features pooled to the Gaussian grid and PCA-projected, minus the per-position mean."""
+        t_norm = _pick(t_norm, self.g_channels)
         if self.g_pool > 1:
             t_norm = F.avg_pool2d(t_norm, self.g_pool)
         return F.conv2d(t_norm, self.g_proj) - self.g_mean
@@ -212,7 +249,7 @@ class EfficientAd(AnomalyModel):
         t_norm = self._teacher(image)
         s = self.student(image)
         c = self.channels
-        t, s_st = t_norm, s[:, :c]
+        t, s_st = _pick(t_norm, self.st_channels), s[:, :c]
         if self.snc is not None:
             t, s_st = self.snc(t), self.snc(s_st)
         maps = [(t - s_st).pow(2).mean(dim=1, keepdim=True)]
@@ -227,11 +264,11 @@ class EfficientAd(AnomalyModel):
         p = self.params
         img = batch.images
         b, c = img.shape[0], self.channels
-        t = self._cache[batch.index]
+        t = _pick(self._cache[batch.index], self.st_channels)
         inputs = [img]
         if self.ae is not None:
             aug = _jitter(img, self._gen)
-            t_aug = self._teacher(aug)
+            t_aug = _pick(self._teacher(aug), self.st_channels)
             inputs.append(aug)
         n_product = sum(len(x) for x in inputs)
         if self._penalty is not None:
