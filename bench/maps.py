@@ -1,0 +1,133 @@
+"""Which map carries the score: eval-only diagnostics of EfficientAD on a labelled test set (no training).
+
+    python -m bench.maps run RUN --data DIR                # each map of a trained run alone, and per teacher stage
+    python -m bench.maps gaussian --data DIR --size 256 \\
+        --set teacher=lite2 teacher_scale=1 gaussian_dims=128 --set gaussian_dims=64   # the Gaussian map alone
+
+Prints a table of image AUROC (max and top-1 % pooling) and writes JSON beside it (`--out`). This is how the
+ELPV gap was traced to the student (docs/benchmarks.md): a map that cannot beat the Gaussian alone cannot lift
+the fused score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import save, table
+
+
+def _pooled(labels: np.ndarray, maps: torch.Tensor) -> dict[str, float]:
+    """Image AUROC of a B x 1 x h x w map stack under max and top-1 % pooling."""
+    from training.metrics import auroc
+
+    flat = maps.flatten(1)
+    top = flat.topk(max(1, flat.shape[1] // 100), dim=1).values.mean(dim=1)
+    return {"max": round(auroc(labels, flat.amax(dim=1).numpy()), 4), "top1%": round(auroc(labels, top.numpy()), 4)}
+
+
+@torch.no_grad()
+def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
+    """AUROC of a trained EfficientAD run's fused score, of each normalised map alone, and of the
+    student-teacher error restricted to each Lite stage the student regresses."""
+    from training.data import open_dataset
+    from training.loop import load_images, load_run
+    from training.models.efficientad import EfficientAd
+
+    state = load_run(run)
+    m = state.model.eval()
+    if not isinstance(m, EfficientAd):
+        raise SystemExit(f"{run}: bench.maps diagnoses EfficientAD runs; this one is {m.family}")
+    ds = open_dataset(data, seed=state.config.seed)
+    images = load_images(ds.test, state.config.size_px)
+    labels = np.array([s.label for s in ds.test])
+    names = ["student-teacher"] + (["autoencoder"] if m.use_ae else []) + (["gaussian"] if m.use_gauss else [])
+    fused, per_map, st_err = [], [], []
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch]
+        fused.append(m(x)[0])
+        per_map.append(m.normalised_maps(x))
+        t = m._teacher(x)
+        t = t if m.st_channels is None else t[:, m.st_channels]
+        st_err.append((t - m.student(x)[:, : m.channels]).pow(2))
+    rows = [{"map": "fused (exported score)", **_pooled(labels, torch.cat(fused))}]
+    for k, name in enumerate(names):
+        rows.append({"map": name, **_pooled(labels, torch.cat([c[k] for c in per_map]))})
+    err = torch.cat(st_err)
+    if hasattr(m.teacher, "backbone"):
+        stages = m.params.student_stages or m.params.teacher_stages
+        widths = [w for s, w in zip(m.params.teacher_stages, m.teacher.backbone.channels) if s in stages]
+        start = 0
+        for s, w in zip(stages, widths):
+            part = err[:, start : start + w]
+            good_residual = float(part[labels == 0].mean())
+            rows.append({"map": f"student-teacher, stage {s} only", **_pooled(labels, part.mean(dim=1, keepdim=True)),
+                         "good_residual": round(good_residual, 3)})
+            start += w
+    return rows
+
+
+@torch.no_grad()
+def diagnose_gaussian(data: Path, size: int, settings: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """AUROC of the per-position Gaussian map alone, fitted on the training images, for each parameter set."""
+    from training.data import open_dataset
+    from training.loop import load_images
+    from training.models.efficientad import EfficientAd, EfficientAdParams
+
+    ds = open_dataset(data, seed=seed)
+    train, test = load_images(ds.train, size), load_images(ds.test, size)
+    labels = np.array([s.label for s in ds.test])
+    rows = []
+    for setting in settings:
+        params = EfficientAdParams(**{"map_weights": (1, 0, 1), "penalty": False, **setting})
+        m = EfficientAd(params, size).eval()
+        m.prepare(train, progress=False)
+        maps = torch.cat([m._gauss_map(m._teacher(test[i : i + 16])) for i in range(0, len(test), 16)])
+        rows.append({"map": "gaussian " + " ".join(f"{k}={v}" for k, v in setting.items()), **_pooled(labels, maps)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _setting(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected key=value, e.g. gaussian_dims=128")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="each map of a trained EfficientAD run alone")
+    r.add_argument("run", type=Path)
+    g = sub.add_parser("gaussian", help="the per-position Gaussian alone, for parameter sets")
+    g.add_argument("--size", type=int, default=256)
+    g.add_argument("--set", dest="sets", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                   help="one parameter set (repeat --set for several); values are JSON (128, [3, 4]) or text (lite2)")
+    for p in (r, g):
+        p.add_argument("--data", type=Path, required=True, help="labelled dataset (folder / MVTec layout)")
+        p.add_argument("--out", type=Path, default=None, help="JSON file for the rows")
+    a = ap.parse_args()
+    if a.cmd == "run":
+        rows = diagnose_run(a.run, a.data)
+    else:
+        rows = diagnose_gaussian(a.data, a.size, [_setting(s) for s in a.sets] or [{}])
+    print(table(rows, ["map", "max", "top1%", "good_residual"]))
+    if a.out:
+        save(a.out, {"args": {k: str(v) for k, v in vars(a).items()}, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
