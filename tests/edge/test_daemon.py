@@ -1,5 +1,7 @@
-import json
+"""The daemon end to end against a real mosquitto: verdicts, bad frames, outages, kills, sd_notify, tampering."""
+
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -7,46 +9,16 @@ import sys
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
 from edge.config import load_config
 from edge.errors import ConfigError
-
-
-class Subscriber:
-    def __init__(self, port: int) -> None:
-        self.verdicts: list[dict] = []
-        self.status: list[dict] = []
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"scada-{time.time_ns()}")
-        self.c.on_connect = lambda c, *_: c.subscribe("lineside/#", qos=1)
-        self.c.on_message = self._msg
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-
-    def _msg(self, c, u, m):
-        (self.verdicts if m.topic.endswith("/verdict") else self.status).append(json.loads(m.payload))
-
-    def wait(self, n: int, timeout: float = 60) -> None:
-        end = time.time() + timeout
-        while len({v["id"] for v in self.verdicts}) < n and time.time() < end:
-            time.sleep(0.1)
-
-    def close(self):
-        self.c.loop_stop()
-        self.c.disconnect()
+from edge_helpers import Subscriber, edge_config, start_daemon, stop_daemon, wait_for
 
 
 def _config(tmp_path: Path, bundle: Path, port: int) -> Path:
-    inbox = tmp_path / "inbox"
-    inbox.mkdir(exist_ok=True)
-    cfg = {"bundle": str(bundle), "state_dir": str(tmp_path / "state"), "cache_dir": str(tmp_path / "cache"),
-           "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.5, "reconnect_max_s": 1},
-           "metrics": {"port": 0}, "stations": [{"name": "s1", "source": {"type": "folder", "path": str(inbox)}}]}
-    p = tmp_path / "config.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
+    return edge_config(tmp_path, bundle, {"port": port}, metrics={"port": 0})
 
 
 def _frames(tiny_data: Path, inbox: Path, n: int, start: int = 0) -> None:
@@ -54,25 +26,6 @@ def _frames(tiny_data: Path, inbox: Path, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
         (inbox / f".{i:05d}.png").write_bytes(srcs[i % len(srcs)].read_bytes())
         (inbox / f".{i:05d}.png").rename(inbox / f"{i:05d}.png")
-
-
-def _daemon(cfg: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _stop(p: subprocess.Popen, timeout: float = 60) -> str:
-    """SIGTERM and wait; a daemon that does not stop dumps its threads' stacks (SIGUSR1) into the failure."""
-    p.send_signal(signal.SIGTERM)
-    try:
-        out, _ = p.communicate(timeout=timeout)
-        return out or ""
-    except subprocess.TimeoutExpired:
-        p.send_signal(signal.SIGUSR1)
-        time.sleep(1)
-        p.kill()
-        out, _ = p.communicate()
-        pytest.fail(f"daemon did not stop within {timeout} s after SIGTERM:\n{out[-6000:]}")
 
 
 def test_verdicts_and_bad_frames(broker, bundle, tiny_data, tmp_path):
@@ -83,7 +36,7 @@ def test_verdicts_and_bad_frames(broker, bundle, tiny_data, tmp_path):
     (inbox / "zero.png").write_bytes(b"")
     (inbox / "trunc.jpg").write_bytes((tiny_data / "train/good/000.png").read_bytes()[:300])
     (inbox / "notes.txt").write_text("hello")
-    p = _daemon(cfg, "--exit-when-idle", "2")
+    p = start_daemon(cfg, "--exit-when-idle", "2")
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 0, out
     sub.wait(7, 10)
@@ -103,7 +56,7 @@ def test_broker_outage_loses_nothing(broker, bundle, tiny_data, tmp_path):
     cfg = _config(tmp_path, bundle, broker.port)
     sub = Subscriber(broker.port)
     inbox = tmp_path / "inbox"
-    p = _daemon(cfg)
+    p = start_daemon(cfg)
     try:
         _frames(tiny_data, inbox, 10)
         sub.wait(10, 60)
@@ -116,7 +69,7 @@ def test_broker_outage_loses_nothing(broker, bundle, tiny_data, tmp_path):
         sub.verdicts = [v for v in sub.verdicts]
         sub.wait(15, 60)
     finally:
-        _stop(p)
+        stop_daemon(p)
     frames = [Path(v["frame"]).name for v in sub.verdicts]
     expected = [f"{i:05d}.png" for i in range(10, 25)]
     first_seen = list(dict.fromkeys(frames))
@@ -128,36 +81,31 @@ def test_broker_outage_loses_nothing(broker, bundle, tiny_data, tmp_path):
 def test_sigkill_restart_loses_nothing(broker, bundle, tiny_data, tmp_path):
     cfg = _config(tmp_path, bundle, broker.port)
     broker.stop()  # verdicts pile up in the on-disk queue
-    p = _daemon(cfg)
+    p = start_daemon(cfg)
     _frames(tiny_data, tmp_path / "inbox", 6)
-    end = time.time() + 60
-    while len(list((tmp_path / "inbox" / "done").glob("*.png"))) < 6 and time.time() < end:
-        time.sleep(0.2)
+    wait_for(lambda: len(list((tmp_path / "inbox" / "done").glob("*.png"))) >= 6)
     p.kill()
     p.wait()
     broker.start()
     sub = Subscriber(broker.port)
-    p2 = _daemon(cfg)
+    p2 = start_daemon(cfg)
     try:
         sub.wait(6, 60)
     finally:
         sub.close()
-        _stop(p2)
+        stop_daemon(p2)
     assert {Path(v["frame"]).name for v in sub.verdicts} == {f"{i:05d}.png" for i in range(6)}
 
 
 def test_last_will_when_daemon_dies(broker, bundle, tmp_path):
     cfg = _config(tmp_path, bundle, broker.port)
     sub = Subscriber(broker.port)
-    p = _daemon(cfg)
-    end = time.time() + 60
-    while not any(s.get("state") == "online" for s in sub.status) and time.time() < end:
-        time.sleep(0.1)
+    p = start_daemon(cfg)
+    wait_for(lambda: any(s.get("state") == "online" for s in sub.status))
     p.kill()
     p.wait()
-    end = time.time() + 60  # the broker notices the dead socket at once (RST) and sends the will
-    while not any(s.get("state") == "offline" for s in sub.status) and time.time() < end:
-        time.sleep(0.1)
+    # the broker notices the dead socket at once (RST) and sends the will
+    wait_for(lambda: any(s.get("state") == "offline" for s in sub.status))
     sub.close()
     assert any(s.get("state") == "online" and s.get("bundle") for s in sub.status)
     assert any(s.get("state") == "offline" for s in sub.status)
@@ -170,8 +118,7 @@ def test_sd_notify_sequence(broker, bundle, tmp_path):
     s.bind(str(sock_path))
     s.settimeout(60)
     env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
-    p = subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg)], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = start_daemon(cfg, env=env)
     msgs = []
     while not any("READY=1" in m for m in msgs):
         msgs.append(s.recv(4096).decode())
@@ -180,15 +127,13 @@ def test_sd_notify_sequence(broker, bundle, tmp_path):
     p.send_signal(signal.SIGTERM)
     while not any("STOPPING=1" in m for m in msgs):
         msgs.append(s.recv(4096).decode())
-    p.wait(30)
+    p.communicate(timeout=30)
     joined = "\n".join(msgs)
     assert joined.index("READY=1") < joined.index("WATCHDOG=1") < joined.index("STOPPING=1")
     assert "STATUS=" in joined
 
 
 def test_tampered_bundle_refused_at_start(bundle, tmp_path):
-    import shutil
-
     bad = tmp_path / "bad"
     shutil.copytree(bundle, bad)
     (bad / "config.yaml").write_text("tampered: true\n")

@@ -4,15 +4,14 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 
 from conftest import Mosquitto, mosquitto_exe
+from edge_helpers import Subscriber, edge_config, start_daemon, stop_daemon, wait_for
 
 pytestmark = pytest.mark.skipif(mosquitto_exe() is None or shutil.which("openssl") is None,
                                 reason="mosquitto and openssl needed")
@@ -36,26 +35,6 @@ def pki(tmp_path_factory) -> Path:
     return d
 
 
-def _config(tmp_path: Path, bundle: Path, mqtt_cfg: dict, source: dict | None = None) -> Path:
-    (tmp_path / "inbox").mkdir(exist_ok=True)
-    cfg = {"bundle": str(bundle), "state_dir": str(tmp_path / "state"), "cache_dir": str(tmp_path / "cache"),
-           "mqtt": {"host": "127.0.0.1", "reconnect_min_s": 0.5, "reconnect_max_s": 1, **mqtt_cfg},
-           "metrics": {"enabled": False},
-           "stations": [{"name": "s1", "source": source or {"type": "folder", "path": str(tmp_path / "inbox")}}]}
-    p = tmp_path / "config.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
-
-
-def _wait(pred, timeout: float = 60) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_tls_client_certificates(pki, bundle, tmp_path):
     b = Mosquitto()
     b.conf.write_text(f"listener {b.port} 127.0.0.1\ncafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\n"
@@ -70,15 +49,13 @@ def test_tls_client_certificates(pki, bundle, tmp_path):
         sub.on_message = lambda c, u, m: status.append(json.loads(m.payload))
         sub.connect("127.0.0.1", b.port)
         sub.loop_start()
-        cfg = _config(tmp_path, bundle, {"port": b.port, "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / "client.crt"),
+        cfg = edge_config(tmp_path, bundle, {"port": b.port, "tls": {"ca": str(pki / "ca.crt"), "cert": str(pki / "client.crt"),
                                                                  "key": str(pki / "client.key")}})
-        p = subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+        p = start_daemon(cfg)
         try:
-            assert _wait(lambda: any(s.get("state") == "online" for s in status))
+            assert wait_for(lambda: any(s.get("state") == "online" for s in status))
         finally:
-            p.send_signal(signal.SIGTERM)
-            p.wait(60)
+            stop_daemon(p)
             sub.loop_stop()
         # a client without a certificate never gets a successful CONNACK
         anon = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="anon")
@@ -114,46 +91,30 @@ def test_password_auth_refuses_anonymous(tmp_path):
             c.on_connect = lambda cl, u, f, rc, p, name=name: results.__setitem__(name, rc.is_failure)
             c.connect("127.0.0.1", b.port)
             c.loop_start()
-            assert _wait(lambda: name in results, 10)
+            assert wait_for(lambda: name in results, 10)
             c.loop_stop()
         assert results == {"anonymous": True, "plant": False}
     finally:
         b.stop()
 
 
-def _listen(port: int, topic: str, client_id: str) -> tuple[mqtt.Client, list[dict]]:
-    """A plant-side subscriber collecting the JSON payloads of one topic (QoS 1)."""
-    got: list[dict] = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-    sub.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-    sub.on_message = lambda c, u, m: got.append(json.loads(m.payload))
-    sub.connect("127.0.0.1", port)
-    sub.loop_start()
-    return sub, got
-
-
-def _daemon(cfg: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
 def test_mqtt_trigger_answers_with_correlation_id(broker, bundle, tiny_data, tmp_path):
-    cfg = _config(tmp_path, bundle, {"port": broker.port}, {"type": "mqtt", "topic": "plc/line1/s1/trigger"})
-    sub, verdicts = _listen(broker.port, "lineside/line1/s1/verdict", "plc")
-    p = _daemon(cfg)
+    cfg = edge_config(tmp_path, bundle, {"port": broker.port}, {"type": "mqtt", "topic": "plc/line1/s1/trigger"})
+    sub = Subscriber(broker.port, "lineside/line1/s1/verdict", "plc")
+    verdicts = sub.verdicts
+    p = start_daemon(cfg)
     try:
         img = sorted((tiny_data / "test/structural_anomalies").glob("*.png"))[0]
         time.sleep(1)
         for _ in range(100):  # the daemon subscribes once it is connected: keep triggering until answered
-            sub.publish("plc/line1/s1/trigger", json.dumps({"id": "part-4711", "path": str(img)}), qos=1)
-            if _wait(lambda: verdicts, 1):
+            sub.client.publish("plc/line1/s1/trigger", json.dumps({"id": "part-4711", "path": str(img)}), qos=1)
+            if wait_for(lambda: verdicts, 1):
                 break
-        sub.publish("plc/line1/s1/trigger", img.read_bytes(), qos=1)  # raw image bytes work too
-        assert _wait(lambda: len(verdicts) >= 2)
+        sub.client.publish("plc/line1/s1/trigger", img.read_bytes(), qos=1)  # raw image bytes work too
+        assert wait_for(lambda: len(verdicts) >= 2)
     finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(60)
-        sub.loop_stop()
+        stop_daemon(p)
+        sub.close()
     assert verdicts[0]["correlation_id"] == "part-4711" and verdicts[0]["outcome"] in ("ok", "ng")
     assert verdicts[-1]["outcome"] in ("ok", "ng")
 
@@ -161,16 +122,16 @@ def test_mqtt_trigger_answers_with_correlation_id(broker, bundle, tiny_data, tmp
 def test_sighup_keeps_old_bundle_when_new_one_fails(broker, bundle, tmp_path):
     live = tmp_path / "live"
     shutil.copytree(bundle, live)
-    cfg = _config(tmp_path, live, {"port": broker.port})
-    sub, status = _listen(broker.port, "lineside/line1/status", "hup")
-    p = _daemon(cfg)
+    cfg = edge_config(tmp_path, live, {"port": broker.port})
+    sub = Subscriber(broker.port, "lineside/line1/status", "hup")
+    status = sub.status
+    p = start_daemon(cfg)
     try:
-        assert _wait(lambda: any(s.get("state") == "online" for s in status))
+        assert wait_for(lambda: any(s.get("state") == "online" for s in status))
         (live / "golden.npz").write_bytes(b"broken")  # the update on disk is corrupt
         p.send_signal(signal.SIGHUP)
-        assert _wait(lambda: any((s.get("last_error") or "").startswith("bundle update refused") for s in status))
+        assert wait_for(lambda: any((s.get("last_error") or "").startswith("bundle update refused") for s in status))
     finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(60)
-        sub.loop_stop()
+        stop_daemon(p)
+        sub.close()
     assert p.returncode == 0  # the old bundle kept running and stopped cleanly
