@@ -25,6 +25,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the student regresses only the stage its 33 px receptive field can predict; Gaussian on all three stages
     "efficientad-s lite2 texture st3": ("efficientad-s", {"teacher": "lite2", "map_weights": [1, 0, 2], "teacher_scale": 1,
                                                           "student_stages": [3], "gaussian_dims": 128}),
+    "efficientad-s lite2 texture st23": ("efficientad-s", {"teacher": "lite2", "map_weights": [1, 0, 2], "teacher_scale": 1,
+                                                           "teacher_stages": [2, 3, 4, 5], "student_stages": [2, 3],
+                                                           "gaussian_stages": [3, 4, 5], "gaussian_dims": 128}),
     "efficientad-s lite0 +snc": ("efficientad-s", {"teacher": "lite0", "snc": True}),
     "efficientad-s pdn": ("efficientad-s", {"teacher": "pdn"}),
     "efficientad-s pdn +margin": ("efficientad-s", {"teacher": "pdn", "margin": {"enabled": True, "mode": "truncate"}}),
