@@ -13,6 +13,7 @@ from deploy.targets import TARGETS, Target
 __all__ = ["main"]
 
 _SUBCOMMANDS = ("verify", "inspect", "build-engine")
+TRT_MAX_TOPK = 1024  # ITopKLayer's k limit in TensorRT 8.6, the oldest the jetson target accepts (3840 from 10.x)
 
 
 def _quantized(run: Path, qruntime: str, max_drop: float, device: str) -> dict[str, Any]:
@@ -43,6 +44,10 @@ def _build(a: argparse.Namespace) -> int:
     if not meta_path.is_file():
         raise SystemExit(f"edge-deploy: error: {run}: no model.json; train with `edge-train fit --out {run}` first")
     meta = json.loads(meta_path.read_text())
+    k = int(meta["normalisation"].get("score_k", 1))
+    if target.name == "jetson" and k > TRT_MAX_TOPK:
+        raise SystemExit(f"edge-deploy: error: the score averages the top {k} map pixels, TensorRT {target.min_runtime_version} "
+                         f"allows TopK k <= {TRT_MAX_TOPK}; retrain with a smaller params.score_top or input size")
     from training.data import open_dataset
 
     data = open_dataset(meta["dataset"])

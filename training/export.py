@@ -73,7 +73,7 @@ def metadata(state: RunState) -> dict[str, Any]:
         "threshold": state.threshold,
         "false_alarm_rate_target": state.config.false_alarm_rate,
         "normalisation": {"q_lo": m.q_lo.tolist(), "q_hi": m.q_hi.tolist(), "map_weight": m.map_weight.tolist(),
-                          "score_pool": m.score_pool},
+                          "score_pool": m.score_pool, "score_k": m.score_k},
         "training_data_fingerprint": state.fingerprint,
         "dataset": state.meta.get("dataset"),
         "lineside_version": __version__,

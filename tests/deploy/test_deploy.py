@@ -46,6 +46,17 @@ def test_bundle_refusals(tiny_run, tmp_path):
         load_bundle(out)
 
 
+def test_jetson_refuses_a_top_k_score_tensorrt_cannot_build(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    meta = json.loads((tiny_run / "model.json").read_text())
+    meta["normalisation"].update(score_pool="top", score_k=2000)
+    (run / "model.json").write_text(json.dumps(meta))
+    r = _deploy("--target", "jetson", str(run), "--out", str(tmp_path / "b"))
+    assert r.returncode != 0
+    assert "TopK k <= 1024" in r.stderr and "score_top" in r.stderr
+
+
 def test_unknown_target_lists_valid_ones(tiny_run, tmp_path):
     r = _deploy("--target", "nonsense", str(tiny_run), "--out", str(tmp_path / "x"))
     assert r.returncode == 2

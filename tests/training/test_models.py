@@ -98,7 +98,8 @@ def test_snc_codes_only_the_neighbourhood():
     assert code[0, 2, 3, 3] == pytest.approx(9.0 - 1.0)  # contrast to the neighbourhood mean (9 / 9)
 
 
-@pytest.mark.parametrize("name, params", [("efficientad-tiny", {}), ("efficientad-tiny", {"student_stages": [3]}), ("ast-tiny", {}), ("ast-tiny", {"global_branch": True}),
+@pytest.mark.parametrize("name, params", [("efficientad-tiny", {}), ("efficientad-tiny", {"student_stages": [3]}),
+                                          ("efficientad-tiny", {"score_pool": "top", "score_top": 0.05}), ("ast-tiny", {}), ("ast-tiny", {"global_branch": True}),
                                           ("fcl-tiny", {}), ("fcl-tiny", {"global_branch": False})])
 def test_every_family_fits_exports_and_matches_ort(name, params, tiny_data, tmp_path):
     from training.config import FitConfig
@@ -115,6 +116,22 @@ def test_every_family_fits_exports_and_matches_ort(name, params, tiny_data, tmp_
     sess = ort.InferenceSession(str(path))
     assert [i.name for i in sess.get_inputs()] == ["image"]
     assert [(o.name, o.shape) for o in sess.get_outputs()] == [("anomaly_map", [1, 1, 64, 64]), ("score", [1])]
+
+
+@pytest.mark.parametrize("name", ["efficientad-tiny", "ast-tiny", "fcl-tiny"])
+def test_top_pooling_scores_the_mean_of_the_hottest_share_of_the_map(name):
+    params = {"pretrained_backbone": False, "score_pool": "top", "score_top": 0.02}
+    m = build_model(name, params, 64).eval()
+    m.prepare(torch.rand(2, 3, 64, 64), progress=False)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        amap, score = m(x)
+    flat = amap.flatten(1)
+    k = round(0.02 * 64 * 64)
+    assert m.score_k == k
+    expected = flat.sort(dim=1, descending=True).values[:, :k].mean(dim=1)
+    assert torch.allclose(score, expected)
+    assert (score < flat.amax(dim=1)).all() and (score > flat.mean(dim=1)).all()
 
 
 def test_flow_teacher_is_invertible():

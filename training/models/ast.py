@@ -41,7 +41,6 @@ class AstParams(FamilyParams):
     clamp: float = Field(1.9, gt=0, description="soft clamp alpha of the coupling scales")
     pos_channels: int = Field(32, ge=4, description="positional-encoding channels")
     teacher_fraction: float = Field(0.5, gt=0, lt=1, description="share of the schedule (steps or time budget) that trains the flow teacher")
-    score_pool: Literal["max", "mean"] = Field("max", description="image score from the map")
     snc: bool = Field(False, description="compare teacher and student through spatial-neighbourhood codes (FCL)")
     global_branch: bool = Field(False, description="add the bottleneck (autoencoder) consistency map (Lineside's own)")
     pretrained_backbone: bool = Field(True, description="ImageNet weights (False only in tests)")
@@ -162,7 +161,7 @@ class Ast(AnomalyModel):
     Params = AstParams
 
     def __init__(self, params: AstParams, size_px: int, seed: int = 0) -> None:
-        super().__init__(size_px, n_maps=1 + int(params.global_branch), score_pool=params.score_pool)
+        super().__init__(size_px, n_maps=1 + int(params.global_branch), params=params)
         self.params = params
         self.scale = params.backbone_scale
         self.backbone = LiteBackbone(params.backbone, (5, 6), size_px * self.scale, pretrained=params.pretrained_backbone)

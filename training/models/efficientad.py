@@ -130,7 +130,7 @@ class EfficientAd(AnomalyModel):
         if params.map_weights[0] <= 0:
             raise TrainConfigError("params.map_weights: the student-teacher map (first weight) must be > 0")
         weights = [params.map_weights[0]] + [w for w, on in zip(params.map_weights[1:], (self.use_ae, self.use_gauss)) if on]
-        super().__init__(size_px, n_maps=len(weights), score_pool="max")
+        super().__init__(size_px, n_maps=len(weights), params=params)
         self.map_weight.copy_(torch.tensor(weights) / sum(weights))
         self.grid = pdn_grid(size_px)
         if params.teacher == "pdn":

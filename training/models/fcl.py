@@ -55,7 +55,7 @@ class Fcl(AnomalyModel):
     Params = FclParams
 
     def __init__(self, params: FclParams, size_px: int, seed: int = 0) -> None:
-        super().__init__(size_px, n_maps=len(params.stages) + int(params.global_branch), score_pool="max")
+        super().__init__(size_px, n_maps=len(params.stages) + int(params.global_branch), params=params)
         self.params = params
         self.scale = params.backbone_scale
         n = size_px * self.scale
