@@ -28,6 +28,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "efficientad-s lite2 texture st23": ("efficientad-s", {"teacher": "lite2", "map_weights": [1, 0, 2], "teacher_scale": 1,
                                                            "teacher_stages": [2, 3, 4, 5], "student_stages": [2, 3],
                                                            "gaussian_stages": [3, 4, 5], "gaussian_dims": 128}),
+    # the same with the image score = mean of the top 1 % of the map (training is identical; only the pooling differs)
+    "efficientad-s lite2 texture st23 top": ("efficientad-s", {"teacher": "lite2", "map_weights": [1, 0, 2], "teacher_scale": 1,
+                                                               "teacher_stages": [2, 3, 4, 5], "student_stages": [2, 3],
+                                                               "gaussian_stages": [3, 4, 5], "gaussian_dims": 128,
+                                                               "score_pool": "top", "score_top": 0.01}),
     "efficientad-s lite0 +snc": ("efficientad-s", {"teacher": "lite0", "snc": True}),
     "efficientad-s pdn": ("efficientad-s", {"teacher": "pdn"}),
     "efficientad-s pdn +margin": ("efficientad-s", {"teacher": "pdn", "margin": {"enabled": True, "mode": "truncate"}}),
