@@ -56,7 +56,7 @@ class AnomalyModel(nn.Module, ABC):
         super().__init__()
         self.size_px = size_px
         self.score_pool = params.score_pool
-        # static k: ONNX TopK with a constant k (TensorRT allows k <= 3840, deploy checks it)
+        # static k: ONNX TopK with a constant k (edge-deploy checks it against TensorRT 8.6's limit of 1024)
         self.score_k = max(1, round(params.score_top * size_px * size_px)) if params.score_pool == "top" else 1
         self.register_buffer("q_lo", torch.zeros(n_maps))
         self.register_buffer("q_hi", torch.full((n_maps,), 0.1))
