@@ -1,4 +1,5 @@
-"""Device bundles: the manifest, integrity check (SHA-256 of every file) and the golden self-test.
+"""Device bundles: the manifest, its signature (edge/signing.py), integrity (SHA-256 of every file) and the
+golden self-test.
 
 A bundle with a missing file, a changed byte, an unknown file in the manifest or a newer schema is
 refused with a message that names it. The self-test scores the golden inputs with the backend the device
@@ -9,18 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, Field, ValidationError
 
 from edge.backends.base import Backend
 from edge.errors import BundleError
 from edge.postprocess import OutputAffine
+from edge.signing import Trust
 
-__all__ = ["SCHEMA_VERSION", "CONTRACT_VERSION", "Bundle", "load_bundle", "sha256_file", "self_test", "unpack"]
+__all__ = ["SCHEMA_VERSION", "CONTRACT_VERSION", "Bundle", "load_bundle", "sha256_file", "self_test"]
 
 SCHEMA_VERSION = 1
 CONTRACT_VERSION = 1
@@ -34,12 +36,46 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+class _Golden(BaseModel):
+    inputs: str
+    scores: list[float] = Field(min_length=1)
+    tolerance: float = Field(gt=0)
+
+
+class _ModelInfo(BaseModel):
+    name: str
+    family: str
+    version: str = ""
+
+
+class _Input(BaseModel):
+    size_px: int = Field(gt=0, le=8192)
+
+
+class _Manifest(BaseModel):
+    """The keys the daemon relies on; a manifest without them is refused at load, never mid-run."""
+
+    schema_version: int
+    contract_version: int
+    runtime: str
+    artifact: str
+    precision: str
+    threshold: float
+    input: _Input
+    model: _ModelInfo
+    golden: _Golden
+    files: dict[str, str]
+    bundle_version: int | None = None
+
+
 @dataclass
 class Bundle:
-    """A verified bundle folder and its manifest."""
+    """A verified bundle folder and its manifest (read once: later changes on disk do not alter it)."""
 
     root: Path
     manifest: dict[str, Any]
+    digest: str  # hash of the manifest as verified: identifies this exact bundle in verdicts and status
+    signed_by: str | None = None
 
     @property
     def runtime(self) -> str:
@@ -58,33 +94,26 @@ class Bundle:
         return float(self.manifest["threshold"])
 
     @property
+    def version(self) -> int:
+        return int(self.manifest.get("bundle_version") or 0)
+
+    @property
     def affine(self) -> OutputAffine:
         a = self.manifest.get("output_affine") or {}
         return OutputAffine(float(a.get("scale", 1.0)), float(a.get("offset", 0.0)))
 
-    @property
-    def digest(self) -> str:
-        """Hash of the manifest: identifies this exact bundle in verdicts and status."""
-        return hashlib.sha256((self.root / "manifest.json").read_bytes()).hexdigest()[:16]
-
     def describe(self) -> dict[str, Any]:
         m = self.manifest
-        return {"model": m["model"]["name"], "family": m["model"]["family"], "version": m["model"]["version"],
-                "precision": m["precision"], "runtime": m["runtime"], "bundle": self.digest}
+        return {"model": m["model"]["name"], "family": m["model"]["family"], "model_version": m["model"]["version"],
+                "precision": m["precision"], "runtime": m["runtime"], "bundle": self.digest,
+                "bundle_version": self.version, "signed_by": self.signed_by}
 
 
-def unpack(archive: Path, dest: Path) -> Path:
-    """Extract a bundle .tar.gz safely (no absolute paths or '..') and return the bundle folder."""
-    with tarfile.open(archive, "r:gz") as tar:
-        tar.extractall(dest, filter="data")
-        tops = {Path(m.name).parts[0] for m in tar.getmembers()}
-    if len(tops) != 1:
-        raise BundleError(f"{archive}: expected one bundle folder in the archive, found {sorted(tops)}")
-    return dest / tops.pop()
+def load_bundle(root: Path, trust: Trust | None = None) -> Bundle:
+    """Read the manifest, check its signature (when keys are trusted), schema and every file's SHA-256.
 
-
-def load_bundle(root: Path) -> Bundle:
-    """Read the manifest and check schema and every file's SHA-256; raise BundleError naming the problem."""
+    Raises BundleError (TrustError for signature and rollback refusals) naming the problem and the fix.
+    """
     root = Path(root)
     if root.is_file() and root.name.endswith(".tar.gz"):
         raise BundleError(f"{root}: is an archive; unpack it first (tar xzf) or point at the bundle folder")
@@ -92,9 +121,18 @@ def load_bundle(root: Path) -> Bundle:
     if not mpath.is_file():
         raise BundleError(f"{root}: no manifest.json; not a Lineside bundle (build one with edge-deploy)")
     try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as err:
+        raw = mpath.read_bytes()
+    except OSError as err:
+        raise BundleError(f"{mpath}: cannot read: {err.strerror}") from err
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        if trust is not None and trust.enforced:
+            trust.verify(root, raw, None)  # names the signature problem first
         raise BundleError(f"{mpath}: manifest is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{mpath}: manifest must be a JSON object; rebuild the bundle with edge-deploy")
+    signed_by = trust.verify(root, raw, manifest.get("bundle_version")) if trust is not None else None
     schema = manifest.get("schema_version")
     if not isinstance(schema, int):
         raise BundleError(f"{mpath}: schema_version missing; rebuild the bundle with edge-deploy")
@@ -105,7 +143,13 @@ def load_bundle(root: Path) -> Bundle:
         )
     if manifest.get("contract_version") != CONTRACT_VERSION:
         raise BundleError(f"{mpath}: I/O contract {manifest.get('contract_version')} unsupported (expected {CONTRACT_VERSION})")
-    files = manifest.get("files") or {}
+    try:
+        _Manifest.model_validate(manifest)
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise BundleError(f"{mpath}: {'.'.join(str(x) for x in e['loc'])}: {e['msg']}; rebuild the bundle with "
+                          "edge-deploy") from err
+    files = manifest["files"]
     for rel, digest in files.items():
         p = root / rel
         if ".." in Path(rel).parts or Path(rel).is_absolute():
@@ -116,17 +160,24 @@ def load_bundle(root: Path) -> Bundle:
             raise BundleError(f"{root}: file '{rel}' does not match its SHA-256 in the manifest (corrupt or tampered)")
     if manifest.get("artifact") not in files:
         raise BundleError(f"{mpath}: artifact '{manifest.get('artifact')}' is not among the hashed files")
-    return Bundle(root, manifest)
+    if manifest["golden"]["inputs"] not in files:
+        raise BundleError(f"{mpath}: golden inputs '{manifest['golden']['inputs']}' are not among the hashed files")
+    return Bundle(root, manifest, hashlib.sha256(raw).hexdigest()[:16], signed_by)
 
 
 def self_test(bundle: Bundle, backend: Backend) -> dict[str, Any]:
     """Score the golden inputs and compare with the recorded outputs; BundleError if outside tolerance."""
     g = bundle.manifest["golden"]
-    data = np.load(bundle.root / g["inputs"])
+    try:
+        data = np.load(bundle.root / g["inputs"])
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{bundle.root}: golden inputs unreadable: {err}") from err
     expected = np.asarray(g["scores"], dtype=np.float64)
     tol = float(g["tolerance"])
     got = []
     for i in range(len(expected)):
+        if f"x{i}" not in data:
+            raise BundleError(f"{bundle.root}: golden input x{i} missing from {g['inputs']}; rebuild the bundle")
         got.append(backend.infer(np.ascontiguousarray(data[f"x{i}"])).score)
     diff = np.abs(np.asarray(got) - expected) / np.maximum(1.0, np.abs(expected))
     worst = float(diff.max())

@@ -31,8 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(a.config)
         if a.check:
-            m = load_model(cfg.bundle, cfg.backend.device, cfg.cache_dir, cfg.backend.threads)
-            print(f"ok: bundle {m.bundle.digest} self-test passed on {m.backend.info.runtime} {m.backend.info.device}")
+            from edge.signing import Trust
+
+            trust = Trust.from_files(cfg.trust.keys, cfg.state_dir / "trust.json")
+            m = load_model(cfg.bundle, cfg.backend.device, cfg.cache_dir, cfg.backend.threads, trust)
+            signed = f"signed by key {m.bundle.signed_by}" if m.bundle.signed_by else "unsigned (no trust.keys)"
+            print(f"ok: bundle {m.bundle.digest} ({signed}) self-test passed on {m.backend.info.runtime} "
+                  f"{m.backend.info.device}")
             return 0
         daemon = Daemon(cfg)
     except EdgeError as err:

@@ -25,6 +25,10 @@ class FolderSource(_Strict):
     done_dir: Path | None = Field(None, description="move scored files here (default: delete nothing, keep in place)")
     failed_dir: Path | None = Field(None, description="move files that gave an error verdict here")
     poll_s: float = Field(0.1, gt=0, description="polling interval")
+    settle_s: float = Field(0.2, ge=0, description="a file is taken once its size and mtime are unchanged this long "
+                            "(or write to a dot-file and rename it: renamed files are complete at once)")
+    incomplete_wait_s: float = Field(30.0, ge=0, description="a PNG/JPEG without its end marker is waited for this "
+                                     "long (a camera still writing) before it is scored as an error")
 
 
 class CameraSource(_Strict):
@@ -36,6 +40,9 @@ class CameraSource(_Strict):
 class MqttSource(_Strict):
     type: Literal["mqtt"] = "mqtt"
     topic: str = Field(description="trigger topic: payload is an image, or JSON {id, path}")
+    path_root: Path | None = Field(None, description="JSON triggers may name image files only inside this folder "
+                                   "(unset: path triggers are refused)")
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest image accepted (payload or file)")
 
 
 Source = Annotated[Union[FolderSource, CameraSource, MqttSource], Field(discriminator="type")]
@@ -57,7 +64,8 @@ class MqttConfig(_Strict):
     host: str = "localhost"
     port: int = Field(1883, ge=1, le=65535)
     protocol: Literal["5", "3.1.1"] = "5"
-    client_id: str | None = None
+    client_id: str | None = Field(None, description="MQTT client id; default lineside-<line>-<hostname>, unique per "
+                                  "box and fixed across restarts (the persistent session that keeps triggers needs it)")
     prefix: str = Field("lineside", description="topic prefix: <prefix>/<line>/<station>/verdict")
     line: str = Field("line1", pattern=r"^[A-Za-z0-9_-]+$")
     username: str | None = None
@@ -78,7 +86,8 @@ class MqttConfig(_Strict):
 
 class QueueConfig(_Strict):
     max_items: int = Field(100_000, ge=10, description="verdicts kept while the broker is away; oldest dropped beyond")
-    max_age_s: float = Field(7 * 24 * 3600, gt=0, description="verdicts older than this are dropped (counted)")
+    max_age_s: float | None = Field(None, gt=0, description="drop undelivered verdicts older than this (counted and "
+                                    "logged); off by default: a clock corrected on a board without RTC would drop them")
 
 
 class HeatmapConfig(_Strict):
@@ -97,6 +106,18 @@ class BackendConfig(_Strict):
     threads: int = Field(0, ge=0, description="inference threads (0: runtime default)")
 
 
+class CommandsConfig(_Strict):
+    enabled: bool = Field(False, description="accept remote commands on <prefix>/<line>/set (off: not subscribed)")
+    bundle_dir: Path | None = Field(None, description="a reload command may name only bundles inside this folder; "
+                                    "remote reloads also need trust.keys")
+
+
+class TrustConfig(_Strict):
+    keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (edge-deploy keygen) whose "
+                             "signed bundles this daemon runs; with keys set, unsigned, foreign-key and older "
+                             "(rollback) bundles are refused")
+
+
 class DaemonConfig(_Strict):
     bundle: Path = Field(description="bundle folder built by edge-deploy")
     state_dir: Path = Field(Path("/var/lib/lineside"), description="queue database, heatmaps")
@@ -106,6 +127,8 @@ class DaemonConfig(_Strict):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     heatmaps: HeatmapConfig = Field(default_factory=HeatmapConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    commands: CommandsConfig = Field(default_factory=CommandsConfig)
+    trust: TrustConfig = Field(default_factory=TrustConfig)
     stations: list[StationConfig] = Field(min_length=1)
     max_pixels: int = Field(16384 * 16384, ge=1, description="frames larger than this are refused (error verdict)")
 
@@ -142,11 +165,19 @@ def load_config(path: str | Path) -> DaemonConfig:
         return q if q.is_absolute() else base / q
 
     cfg.bundle, cfg.state_dir, cfg.cache_dir = fix(cfg.bundle), fix(cfg.state_dir), fix(cfg.cache_dir)
+    cfg.trust.keys = [fix(k) for k in cfg.trust.keys]
+    for k in cfg.trust.keys:
+        if not k.is_file():
+            raise ConfigError(f"{p}: trust.keys: file {k} does not exist (copy the .pub from edge-deploy keygen)")
+    if cfg.commands.bundle_dir is not None:
+        cfg.commands.bundle_dir = fix(cfg.commands.bundle_dir)
     for st in cfg.stations:
         if isinstance(st.source, FolderSource):
             st.source.path = fix(st.source.path)
             st.source.done_dir = fix(st.source.done_dir) if st.source.done_dir else None
             st.source.failed_dir = fix(st.source.failed_dir) if st.source.failed_dir else None
+        if isinstance(st.source, MqttSource) and st.source.path_root is not None:
+            st.source.path_root = fix(st.source.path_root)
     if cfg.mqtt.tls:
         for name in ("ca", "cert", "key"):
             f = getattr(cfg.mqtt.tls, name)

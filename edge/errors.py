@@ -25,3 +25,11 @@ class SourceError(EdgeError):
 
 class FrameError(EdgeError):
     """One frame could not be decoded or scored; yields an `error` verdict."""
+
+
+class SpoolError(EdgeError):
+    """The on-disk verdict spool cannot be written or read (disk full, damaged file)."""
+
+
+class TrustError(BundleError):
+    """A bundle is not signed by a trusted key, or is older than one already accepted (rollback)."""

@@ -6,6 +6,7 @@ decode (any size; grey or RGB; 8- or 16-bit PNG/JPEG/BMP/TIFF) -> RGB uint8 -> r
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,11 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIX
     if not data:
         raise FrameError(f"{source}: empty file (0 bytes): the camera or copy step wrote nothing")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():
+            # our own max_pixels check below decides; Pillow's bomb warning would only flood the journal
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        with img:
             w, h = img.size
             if w * h > max_pixels:
                 raise FrameError(
@@ -60,10 +65,17 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIX
                 img.draft("RGB", (2 * size_hint, 2 * size_hint))
             img.load()
             return _to_rgb_uint8(img)
+    except FrameError:
+        raise
     except UnidentifiedImageError as err:
         raise FrameError(f"{source}: not a readable image (expected PNG/JPEG/BMP/TIFF)") from err
+    except Image.DecompressionBombError as err:
+        raise FrameError(f"{source}: image header declares more pixels than any camera frame "
+                         f"(decompression bomb): {err}") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise FrameError(f"{source}: corrupt or truncated image: {err}") from err
+    except Exception as err:  # noqa: BLE001 - frames are hostile input: any decoder fault is this frame's error
+        raise FrameError(f"{source}: the image decoder failed: {type(err).__name__}: {err}") from err
 
 
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS_DEFAULT, size_hint: int | None = None) -> np.ndarray:

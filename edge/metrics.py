@@ -18,6 +18,9 @@ class Metrics:
         self.queue_depth = Gauge("lineside_queue_depth", "verdicts waiting for PUBACK", registry=r)
         self.dropped = Gauge("lineside_dropped_verdicts", "verdicts dropped by the queue bounds", registry=r)
         self.connected = Gauge("lineside_broker_connected", "1 when connected to the broker", registry=r)
+        self.refused = Gauge("lineside_refused_verdicts", "verdicts the broker refused (kept and retried)", registry=r)
+        self.quarantined = Gauge("lineside_quarantined_verdicts", "damaged spool rows set aside, never sent", registry=r)
+        self.healthy = Gauge("lineside_healthy", "1 when every worker runs and nothing is degraded", registry=r)
         self.selftest = Gauge("lineside_selftest_passed", "1 when the loaded bundle passed its self-test", registry=r)
         self.port: int | None = None
 

@@ -5,26 +5,35 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
-__all__ = ["Frame", "Source"]
+__all__ = ["Frame", "Source", "Disposition"]
+
+# what became of a frame: verdict spooled (done/failed), or not spooled and to be offered again later (retry)
+Disposition = Literal["done", "failed", "retry"]
 
 
 @dataclass
 class Frame:
-    """One frame: encoded bytes (files, MQTT) or a decoded RGB array (cameras), with its provenance."""
+    """One frame: encoded bytes (files, MQTT) or a decoded RGB array (cameras), with its provenance.
+
+    `identity` names the frame within its source (file name and mtime, trigger id, camera frame number): with the
+    station and the content hash it makes the verdict id, so a frame seen again after a crash keeps its id.
+    """
 
     station: str
     ref: str
+    identity: str
     data: bytes | None = None
     rgb: np.ndarray | None = None
     t_capture: float = field(default_factory=time.time)
     t_arrival_ns: int = field(default_factory=time.monotonic_ns)
     correlation_id: str | None = None
     reply_topic: str | None = None
-    done: Callable[[bool], None] | None = None  # called with ok=True/False once the verdict is queued
+    error: str | None = None  # the source already knows this frame cannot be scored (too large, unreadable)
+    done: Callable[[Disposition], None] | None = None  # called once the verdict is spooled (or cannot be)
 
 
 class Source(ABC):

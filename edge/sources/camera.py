@@ -45,7 +45,8 @@ class CameraSource(Source):
         self._last = time.monotonic()
         self._seq += 1
         rgb = self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
-        return [Frame(self.station, f"{self._uri}#{self._seq}", rgb=rgb)]
+        ref = f"{self._uri}#{self._seq}"
+        return [Frame(self.station, ref, identity=f"camera:{ref}@{time.time_ns()}", rgb=rgb)]
 
     def close(self) -> None:
         self._cap.release()

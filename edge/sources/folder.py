@@ -1,43 +1,75 @@
 """Watched folder: new image files in arrival order, each scored once, then moved to done/ or failed/.
 
-A file is taken only once its size is stable over two polls, so a camera still writing it is not read.
+A file is taken once its size and mtime have not changed for `settle_s` and, for PNG and JPEG, once its end
+marker is there (a camera writing in bursts). Dot-files are ignored, so write-then-rename is safe too. A file
+that cannot be moved away is remembered and not scored again.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
+import time
 from pathlib import Path
 
 from edge.config import FolderSource as FolderConfig
 from edge.errors import SourceError
-from edge.sources.base import Frame, Source
+from edge.sources.base import Disposition, Frame, Source
 
 __all__ = ["FolderSource"]
+
+log = logging.getLogger(__name__)
+
+
+def _complete(data: bytes) -> bool:
+    """False for a PNG or JPEG whose end marker is missing (still being written); True otherwise."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return data.rstrip(b"\0")[-8:-4] == b"IEND"
+    if data[:2] == b"\xff\xd8":
+        return b"\xff\xd9" in data[-64:]
+    return True
+
 
 class FolderSource(Source):
     def __init__(self, station: str, cfg: FolderConfig) -> None:
         self.station = station
+        self.cfg = cfg
         self.path = cfg.path
         self.done_dir = cfg.done_dir or cfg.path / "done"
         self.failed_dir = cfg.failed_dir or cfg.path / "failed"
         if not self.path.is_dir():
             raise SourceError(f"station {station}: watched folder {self.path} does not exist; create it or fix source.path")
-        self.done_dir.mkdir(parents=True, exist_ok=True)
-        self.failed_dir.mkdir(parents=True, exist_ok=True)
-        self._sizes: dict[Path, int] = {}
+        try:
+            self.done_dir.mkdir(parents=True, exist_ok=True)
+            self.failed_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SourceError(f"station {station}: cannot create {err.filename}: {err.strerror}; "
+                              "create done/ and failed/ writable by the daemon") from err
+        self._seen: dict[Path, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, first seen unchanged)
         self._taken: set[Path] = set()
+        self._stuck: dict[Path, tuple[int, int]] = {}  # could not be moved: skipped until it changes
 
-    def _finish(self, p: Path, ok: bool) -> None:
-        dest = (self.done_dir if ok else self.failed_dir) / p.name
+    def _finish(self, p: Path, how: Disposition, stat: tuple[int, int]) -> None:
+        self._taken.discard(p)
+        if how == "retry":
+            return  # left in place: offered again at the next poll
+        dest = (self.done_dir if how == "done" else self.failed_dir) / p.name
         try:
             shutil.move(str(p), str(dest))
-        except OSError:
-            pass  # removed by someone else: the verdict is already queued
-        self._taken.discard(p)
+        except FileNotFoundError:
+            pass  # removed by someone else: the verdict is already spooled
+        except OSError as err:
+            self._stuck[p] = stat
+            log.error("station %s: cannot move %s to %s (%s); its verdict is spooled and it will not be scored "
+                      "again; check the folder's permissions", self.station, p.name, dest.parent, err.strerror)
 
     def poll(self) -> list[Frame]:
         entries = []
-        for p in self.path.iterdir():
+        try:
+            listing = list(self.path.iterdir())
+        except OSError as err:
+            raise SourceError(f"station {self.station}: cannot list {self.path}: {err.strerror}") from err
+        for p in listing:
             # every regular file is a frame (a wrong format gives an error verdict); dot-files are partial copies
             if p in self._taken or p.name.startswith(".") or not p.is_file():
                 continue
@@ -45,23 +77,36 @@ class FolderSource(Source):
                 st = p.stat()
             except FileNotFoundError:
                 continue
-            entries.append((st.st_mtime_ns, p.name, p, st.st_size))
-        frames = []
-        seen = set()
-        for mtime, _, p, size in sorted(entries):
-            seen.add(p)
-            if self._sizes.get(p) != size:
-                self._sizes[p] = size  # not stable yet: look again next poll
+            key = (st.st_size, st.st_mtime_ns)
+            if self._stuck.get(p) == key:
                 continue
-            self._sizes.pop(p, None)
+            self._stuck.pop(p, None)
+            entries.append((st.st_mtime_ns, p.name, p, key))
+        now = time.monotonic()
+        frames = []
+        present = set()
+        for mtime, _, p, key in sorted(entries):
+            present.add(p)
+            prev = self._seen.get(p)
+            if prev is None or prev[:2] != key:
+                self._seen[p] = (*key, now)  # new or still changing: look again later
+                if self.cfg.settle_s > 0:
+                    continue
+                prev = self._seen[p]
+            waited = now - prev[2]
+            if waited < self.cfg.settle_s:
+                continue
             try:
                 data = p.read_bytes()
             except OSError:
                 continue
+            if not _complete(data) and waited < self.cfg.incomplete_wait_s:
+                continue  # a camera still writing: its end marker is not there yet
+            del self._seen[p]
             self._taken.add(p)
-            frames.append(Frame(self.station, str(p), data=data, t_capture=mtime / 1e9,
-                                done=lambda ok, p=p: self._finish(p, ok)))
-        for p in list(self._sizes):
-            if p not in seen:
-                del self._sizes[p]
+            frames.append(Frame(self.station, str(p), identity=f"file:{p.name}:{mtime}", data=data,
+                                t_capture=mtime / 1e9, done=lambda how, p=p, key=key: self._finish(p, how, key)))
+        for p in list(self._seen):
+            if p not in present:
+                del self._seen[p]
         return frames

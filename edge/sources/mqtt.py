@@ -1,17 +1,21 @@
-"""MQTT trigger: the PLC or camera publishes an image (raw bytes) or JSON {"id", "path"}; the verdict carries
-the same correlation id (from the JSON, or MQTT 5's correlation data) and answers on its response topic."""
+"""MQTT trigger source: a message on the trigger topic is an image, or JSON {"id": ..., "path": ...} naming an
+image file under `path_root`. A trigger is acknowledged to the broker only after its verdict is spooled; with
+the persistent session (edge/publishers/mqtt.py) the broker redelivers it if the daemon dies first."""
 
 from __future__ import annotations
 
 import json
+import os
 import queue
-import uuid
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
 
 from edge.config import MqttSource as MqttSourceConfig
 from edge.publishers.mqtt import MqttPublisher
-from edge.sources.base import Frame, Source
+from edge.sources.base import Disposition, Frame, Source
 
 __all__ = ["MqttTriggerSource"]
 
@@ -19,37 +23,82 @@ __all__ = ["MqttTriggerSource"]
 class MqttTriggerSource(Source):
     def __init__(self, station: str, cfg: MqttSourceConfig, publisher: MqttPublisher) -> None:
         self.station = station
-        self._q: queue.Queue[Frame] = queue.Queue()
+        self.cfg = cfg
+        self._reply_prefix = publisher.status_topic.rsplit("/", 1)[0] + "/"
+        self._q: queue.Queue[tuple[mqtt.MQTTMessage, Callable[[], None]]] = queue.Queue()
         publisher.subscribe(cfg.topic, self._on_message)
 
-    def _on_message(self, topic: str, payload: bytes, props: Any) -> None:
-        corr = None
-        reply = None
+    def _on_message(self, msg: mqtt.MQTTMessage, ack: Callable[[], None]) -> None:
+        # network thread: only hand over; reading files and decoding happen in the frame loop
+        self._q.put((msg, ack))
+
+    def _frame(self, msg: mqtt.MQTTMessage, ack: Callable[[], None]) -> Frame:
+        props: Any = msg.properties
+        corr = reply = None
         if props is not None and getattr(props, "CorrelationData", None):
-            corr = props.CorrelationData.decode(errors="replace")
+            corr = bytes(props.CorrelationData).decode(errors="replace")[:256]
         if props is not None and getattr(props, "ResponseTopic", None):
-            reply = props.ResponseTopic
+            # a trigger may not steer verdicts outside this line's own topics
+            rt = str(props.ResponseTopic)
+            reply = rt if rt.startswith(self._reply_prefix) and "#" not in rt and "+" not in rt else None
+        payload = bytes(msg.payload)
         data: bytes | None = payload
-        ref = f"mqtt:{topic}"
-        if payload[:1] == b"{":
+        error = None
+        ref = f"mqtt:{msg.topic}"
+        if len(payload) > self.cfg.max_bytes:
+            data, error = None, f"trigger payload of {len(payload)} bytes exceeds source.max_bytes {self.cfg.max_bytes}"
+        elif payload[:1] == b"{":
             try:
-                msg = json.loads(payload)
-            except json.JSONDecodeError:
-                msg = None
-            if isinstance(msg, dict):
-                corr = str(msg.get("id", corr or "")) or corr
-                if "path" in msg:
-                    ref = str(msg["path"])
-                    try:
-                        data = Path(ref).read_bytes()
-                    except OSError:
-                        data = b""  # decoding fails -> error verdict naming the file
-        self._q.put(Frame(self.station, ref, data=data, correlation_id=corr or str(uuid.uuid4()), reply_topic=reply))
+                body = json.loads(payload)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                body = None
+            if isinstance(body, dict):
+                if body.get("id") is not None:
+                    corr = str(body["id"])[:256]
+                if "path" in body:
+                    ref = str(body["path"])[:1024]
+                    data, error = self._read(ref)
+        identity = f"mqtt:{msg.topic}:{corr or ''}"
+
+        def done(how: Disposition) -> None:
+            if how == "retry":
+                self._q.put((msg, ack))  # not spooled (disk trouble): offered again
+            else:
+                ack()  # verdict spooled: the broker may forget the trigger now
+
+        return Frame(self.station, ref, identity=identity, data=data, error=error, correlation_id=corr,
+                     reply_topic=reply, done=done)
+
+    def _read(self, ref: str) -> tuple[bytes | None, str | None]:
+        root = self.cfg.path_root
+        if root is None:
+            return None, "path triggers are off: set source.path_root to the folder the images are written to"
+        try:
+            p = Path(ref).resolve()
+        except (OSError, RuntimeError) as err:
+            return None, f"trigger path {ref!r} cannot be resolved: {err}"
+        if not p.is_relative_to(root.resolve()):
+            return None, f"trigger path {ref!r} is outside source.path_root {root}"
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError as err:
+            return None, f"{ref}: cannot open: {err.strerror}"
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None, f"{ref}: not a regular file"
+            if st.st_size > self.cfg.max_bytes:
+                return None, f"{ref}: {st.st_size} bytes exceeds source.max_bytes {self.cfg.max_bytes}"
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read(self.cfg.max_bytes + 1), None
+        finally:
+            os.close(fd)
 
     def poll(self) -> list[Frame]:
         out = []
         while True:
             try:
-                out.append(self._q.get_nowait())
+                msg, ack = self._q.get_nowait()
             except queue.Empty:
                 return out
+            out.append(self._frame(msg, ack))

@@ -29,7 +29,9 @@ def _frames(tiny_data: Path, inbox: Path, n: int, start: int = 0) -> None:
 
 
 def test_verdicts_and_bad_frames(broker, bundle, tiny_data, tmp_path):
-    cfg = _config(tmp_path, bundle, broker.port)
+    # a truncated PNG looks like one still being written: wait for its end marker only briefly here
+    cfg = edge_config(tmp_path, bundle, {"port": broker.port}, metrics={"port": 0},
+                      source={"type": "folder", "path": str(tmp_path / "inbox"), "incomplete_wait_s": 0.5})
     sub = Subscriber(broker.port)
     inbox = tmp_path / "inbox"
     _frames(tiny_data, inbox, 4)
@@ -45,8 +47,10 @@ def test_verdicts_and_bad_frames(broker, bundle, tiny_data, tmp_path):
     assert {by_frame[n]["outcome"] for n in ("zero.png", "trunc.jpg", "notes.txt")} == {"error"}
     assert all(by_frame[f"{i:05d}.png"]["outcome"] in ("ok", "ng") for i in range(4))
     v = by_frame["00000.png"]
-    for key in ("id", "station", "score", "threshold", "latency", "model", "bundle", "captured_at", "scored_at"):
+    for key in ("id", "seq", "station", "score", "threshold", "latency", "model", "bundle", "captured_at", "scored_at"):
         assert key in v
+    assert set(by_frame["zero.png"]) == set(v)  # the same keys on every outcome
+    assert sorted(x["seq"] for x in sub.verdicts) == list(range(1, 8))  # one gap-free sequence per station
     assert set(v["latency"]) == {"decode_ms", "preprocess_ms", "inference_ms", "total_ms"}
     assert any(s.get("state") == "stopped" for s in sub.status)
     assert sorted(p.name for p in (inbox / "failed").iterdir()) == ["notes.txt", "trunc.jpg", "zero.png"]
