@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ] || ! command -v systemd-analyze >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto systemd >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto systemd libseccomp2 >/dev/null
   fi
 fi
 if [ ! -x .venv/bin/python ]; then
