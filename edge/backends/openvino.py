@@ -12,6 +12,7 @@ import numpy as np
 
 from edge.backends.base import Backend, Prediction
 from edge.errors import BackendUnavailable, BundleError
+from edge.telemetry import disable_vendor_telemetry
 
 __all__ = ["OpenVinoBackend", "BACKEND", "choose_device"]
 
@@ -39,6 +40,7 @@ class OpenVinoBackend(Backend):
 
     def __init__(self, model_path: Path, device: str = "auto", cache_dir: Path | None = None, threads: int = 0) -> None:
         super().__init__(model_path, device, cache_dir, threads)
+        disable_vendor_telemetry()  # before the import: importing openvino sends a usage event
         try:
             import openvino as ov
         except ImportError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from edge.telemetry import disable_vendor_telemetry
 from quantize.calib import CalibrationReader
 from quantize.errors import ExtraMissing
 
@@ -16,6 +17,7 @@ __all__ = ["convert_fp32", "quantize_nncf"]
 
 
 def _ov():  # noqa: ANN202
+    disable_vendor_telemetry()  # before the imports: both send usage events by default
     try:
         import nncf
         import openvino as ov
