@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -12,7 +13,10 @@ from PIL import Image, ImageDraw, ImageFilter
 from edge.imaging import load_image, load_input, to_input
 from quantize.errors import QuantizeError
 
-__all__ = ["CalibrationReader", "GateSet", "build_sets"]
+if TYPE_CHECKING:
+    from training.data import Dataset
+
+__all__ = ["CalibrationReader", "GateSet", "build_sets", "images_fingerprint"]
 
 
 class CalibrationReader:
@@ -80,21 +84,14 @@ def _paste_defects(goods: list[np.ndarray], size: int, seed: int) -> tuple[list[
     return out, np.stack(masks)
 
 
-def build_sets(meta: dict, calib_dir: Path | None, max_calib: int = 64, seed: int = 0) -> tuple[CalibrationReader, list[np.ndarray], GateSet]:
-    """Calibration reader (train good images or calib_dir), recalibration inputs (held-out good) and gate set.
+def _open(meta: dict, calib_dir: Path | None, max_calib: int, seed: int) -> tuple[Dataset, list[Path]]:
+    """The run's dataset and the calibration image paths (a seeded pick of at most max_calib)."""
+    from training.data import list_images, open_dataset
 
-    The gate set is the labelled test set when the dataset has one; otherwise held-out good images plus
-    synthetic defects pasted onto them.
-    """
-    from training.data import open_dataset, load_mask
-
-    size = int(meta["size_px"])
     if not meta.get("dataset"):
         raise QuantizeError("run metadata names no dataset: pass --data DIR")
     data = open_dataset(meta["dataset"], seed=seed)
     if calib_dir is not None:
-        from training.data import list_images
-
         calib_paths = list_images(calib_dir)
         if not calib_paths:
             raise QuantizeError(f"{calib_dir}: no images for calibration")
@@ -102,7 +99,34 @@ def build_sets(meta: dict, calib_dir: Path | None, max_calib: int = 64, seed: in
         calib_paths = [s.path for s in data.train]
     rng = np.random.default_rng(seed)
     pick = sorted(rng.permutation(len(calib_paths))[:max_calib])
-    calib = CalibrationReader([load_input(calib_paths[i], size) for i in pick])
+    return data, [calib_paths[i] for i in pick]
+
+
+def images_fingerprint(meta: dict, calib_dir: Path | None, max_calib: int = 64, seed: int = 0) -> str:
+    """SHA-256 over the path and contents of every image (and mask) build_sets would read.
+
+    Recorded in quant.json, so an INT8 artifact is reused only while its calibration and gate images are the same.
+    """
+    data, calib_paths = _open(meta, calib_dir, max_calib, seed)
+    h = hashlib.sha256()
+    files = [("calib", p) for p in calib_paths] + [("val", s.path) for s in data.val]
+    files += [(f"test{s.label}", p) for s in data.test for p in (s.path, *s.masks)]
+    for role, p in files:
+        h.update(f"{role}:{p}:{hashlib.sha256(Path(p).read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def build_sets(meta: dict, calib_dir: Path | None, max_calib: int = 64, seed: int = 0) -> tuple[CalibrationReader, list[np.ndarray], GateSet]:
+    """Calibration reader (train good images or calib_dir), recalibration inputs (held-out good) and gate set.
+
+    The gate set is the labelled test set when the dataset has one; otherwise held-out good images plus
+    synthetic defects pasted onto them.
+    """
+    from training.data import load_mask
+
+    size = int(meta["size_px"])
+    data, calib_paths = _open(meta, calib_dir, max_calib, seed)
+    calib = CalibrationReader([load_input(p, size) for p in calib_paths])
     held_out = [load_input(s.path, size) for s in data.val]
     if any(s.label == 1 for s in data.test):
         inputs = [load_input(s.path, size) for s in data.test]

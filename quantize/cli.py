@@ -3,7 +3,9 @@
 Candidates (calibration method x what stays in float) are scored on held-out good images plus synthetic
 defects pasted at graded strengths, from plain to barely visible; the fastest that separates them as well as
 FP32 does is kept, its outputs are re-anchored on good images, its threshold recomputed, and the
-FP32-vs-INT8 gate runs on the labelled test set (or the synthetic one). A drop above --max-drop exits 1.
+FP32-vs-INT8 gate runs on the labelled test set (or the synthetic one): an image-AUROC or AUPRO drop above
+--max-drop, or a false-alarm rise above --max-far-increase at the bundle's threshold, exits 1. quant.json records
+the FP32 model, images and settings the artifact came from, so edge-deploy never reuses a stale one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "quantize_run", "RUNTIMES"]
+from quantize.gate import MAX_DROP, MAX_FAR_INCREASE
+
+__all__ = ["RUNTIMES", "build_parser", "main", "quantize_run"]
 
 # runtime -> (edge backend that runs the artifact, artifact file name)
 RUNTIMES: dict[str, tuple[str, str]] = {
@@ -41,6 +45,7 @@ SENSITIVITY_BOUNDS_DB = (20.0, 30.0, 40.0)
 # FP32's own AUROC on the set informative and a candidate's drop from it is the loss that matters.
 SELECTION_STRENGTHS = (0.05, 0.1, 0.2, 0.4, 0.8)
 MIN_SPEARMAN = 0.0  # default of --min-spearman: an optional extra guard on rank agreement (off)
+MAX_CALIB = 64  # default of --max-calib: calibration images
 
 
 def _candidates(runtime: str, finals: list[str], head: list[str], sensitive: list[list[str]]) -> list[dict[str, Any]]:
@@ -114,16 +119,19 @@ def _select_set(held_out: list[np.ndarray], size: int, seed: int) -> tuple[list[
     return inputs, np.r_[np.zeros(len(held_out), int), np.ones(n_bad, int)]
 
 
-def quantize_run(run: Path, runtime: str, max_drop: float = 0.005, calib_dir: Path | None = None,
-                 device: str = "CPU", max_calib: int = 64, out: Path | None = None,
-                 data_dir: Path | None = None, min_spearman: float = MIN_SPEARMAN) -> dict[str, Any]:
+def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir: Path | None = None,
+                 device: str = "CPU", max_calib: int = MAX_CALIB, out: Path | None = None,
+                 data_dir: Path | None = None, min_spearman: float = MIN_SPEARMAN,
+                 max_far_increase: float = MAX_FAR_INCREASE) -> dict[str, Any]:
     """Quantize a trained run for a runtime; returns the result dict (also written as quant.json)."""
     from quantize.calib import build_sets
     from quantize.errors import QuantizeError
     from quantize.gate import gate_report, plot_scores, recalibrate, score_all, score_timed, spearman
     from quantize.graph import final_convs, head_nodes
+    from quantize.provenance import artifact_sha256, expected_source
     from quantize.sensitivity import sensitive_nodes
     from training.metrics import auroc, threshold_at_far
+    from training.report import threshold_basis
 
     fp32 = run / "model.onnx"
     meta_path = run / "model.json"
@@ -132,6 +140,9 @@ def quantize_run(run: Path, runtime: str, max_drop: float = 0.005, calib_dir: Pa
     meta = json.loads(meta_path.read_text())
     if data_dir is not None:
         meta["dataset"] = str(data_dir)
+    source = expected_source(run, runtime, device=device, max_drop=max_drop, max_far_increase=max_far_increase,
+                             max_calib=max_calib, min_spearman=min_spearman, calib_dir=calib_dir,
+                             data_dir=data_dir)
     out = out or run / "quantized" / runtime
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -189,25 +200,30 @@ def quantize_run(run: Path, runtime: str, max_drop: float = 0.005, calib_dir: Pa
 
     print("[3/4] recalibrating map normalisation and threshold on good images", flush=True)
     backend = RUNTIMES[runtime][0]
-    f_good_maps, f_good = score_all("onnxruntime", fp32, held_out)
-    q_good_maps, _ = score_all(backend, artifact, held_out)
+    f_good_maps, _ = score_all("onnxruntime", fp32, held_out)
+    q_good_maps, q_good_raw = score_all(backend, artifact, held_out)
     affine = recalibrate(f_good_maps, q_good_maps)
-    q_good = np.array([float((m * affine.scale + affine.offset).max()) for m in q_good_maps])
+    # the score the device thresholds: the artifact's own score output (its pooling: max, mean or top-k mean),
+    # re-anchored by the same affine the bundle applies
+    q_good = q_good_raw * affine.scale + affine.offset
     thr_int8 = threshold_at_far(q_good, far)
+    basis = threshold_basis(len(held_out), far)
     thr_fp32 = float(meta["threshold"])
 
     print(f"[4/4] accuracy gate on {gate.origin} ({len(gate.labels)} images)", flush=True)
     fm, fs = score_all("onnxruntime", fp32, gate.inputs)
     qm, qs = score_all(backend, artifact, gate.inputs)
     qm, qs = qm * affine.scale + affine.offset, qs * affine.scale + affine.offset
-    rep = gate_report(gate.labels, gate.masks, (fm, fs), (qm, qs), thr_fp32, thr_int8, max_drop)
+    rep = gate_report(gate.labels, gate.masks, (fm, fs), (qm, qs), thr_fp32, thr_int8, max_drop, max_far_increase)
     rep["gate_set"] = gate.origin
     plot_scores(fs, qs, gate.labels, thr_fp32, thr_int8, out / "gate.png", f"{meta['model']} {runtime} INT8 vs FP32")
     result = {
         "runtime": runtime, "artifact": artifact.name, "precision": "int8", "device": device,
-        "threshold": thr_int8, "threshold_fp32": thr_fp32, "output_affine": affine.to_dict(),
+        "threshold": thr_int8, "threshold_fp32": thr_fp32, "threshold_basis": basis,
+        "output_affine": affine.to_dict(),
         "calibration": {"n_images": len(calib), "source": str(calib_dir) if calib_dir else "training good images"},
         "mixed_precision": decision, "gate": rep, "minutes": round((time.monotonic() - t0) / 60, 2),
+        "source": {**source, "artifact_sha256": artifact_sha256(artifact)},
     }
     (out / "quant.json").write_text(json.dumps(result, indent=2))
     return result
@@ -227,27 +243,37 @@ def _mk(p: Path) -> Path:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from quantize.errors import QuantizeError
-    from edge.errors import EdgeError
-    from training.errors import TrainingError
-
+def build_parser() -> argparse.ArgumentParser:
+    """edge-quantize's arguments; the gate defaults are quantize.gate's, the ones edge-deploy uses."""
     p = argparse.ArgumentParser(prog="edge-quantize", description="INT8 post-training quantization with an accuracy gate.")
     p.add_argument("run", help="trained run folder (model.onnx + model.json)")
     p.add_argument("--runtime", required=True, choices=sorted(RUNTIMES))
-    p.add_argument("--max-drop", type=float, default=0.005, help="largest allowed image-AUROC drop (default 0.005)")
+    p.add_argument("--max-drop", type=float, default=MAX_DROP,
+                   help=f"largest allowed image-AUROC drop, and AUPRO drop where masks exist (default {MAX_DROP})")
+    p.add_argument("--max-far-increase", type=float, default=MAX_FAR_INCREASE,
+                   help="largest allowed rise of the false-alarm rate on good images at the bundle's threshold "
+                        f"(default {MAX_FAR_INCREASE})")
     p.add_argument("--data", type=Path, help="dataset folder (default: the one the run was trained on)")
     p.add_argument("--calib-dir", type=Path, help="folder of good images for calibration (default: training good images)")
     p.add_argument("--device", choices=["CPU", "NPU"], default="CPU", help="OpenVINO target device for NNCF")
-    p.add_argument("--max-calib", type=int, default=64, help="calibration images")
+    p.add_argument("--max-calib", type=int, default=MAX_CALIB, help="calibration images")
     p.add_argument("--min-spearman", type=float, default=MIN_SPEARMAN,
                    help="also require this Spearman rank agreement with FP32 on the selection set "
                         "(default off: the graded selection set's AUROC already measures what INT8 loses)")
     p.add_argument("--debug", action="store_true")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edge.errors import EdgeError
+    from quantize.errors import QuantizeError
+    from quantize.gate import gate_failure
+    from training.errors import TrainingError
+
+    a = build_parser().parse_args(argv)
     try:
         res = quantize_run(Path(a.run), a.runtime, a.max_drop, a.calib_dir, a.device, a.max_calib, data_dir=a.data,
-                           min_spearman=a.min_spearman)
+                           min_spearman=a.min_spearman, max_far_increase=a.max_far_increase)
     except (QuantizeError, EdgeError, TrainingError) as err:
         if a.debug:
             raise
@@ -256,13 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     g = res["gate"]
     print(f"{a.runtime} INT8: {res['artifact']}  chosen {_describe(res['mixed_precision']['chosen'])}")
     for k in ("image_auroc_fp32", "image_auroc_int8", "image_auroc_drop", "aupro_drop", "spearman_scores",
-              "false_alarm_rate_change"):
+              "false_alarm_rate_fp32", "false_alarm_rate_int8", "false_alarm_rate_change"):
         if k in g:
             print(f"  {k:<24} {g[k]}")
     print(f"  threshold (recalibrated)  {res['threshold']:.4f}")
+    if res["threshold_basis"]["warning"]:
+        print(f"  warning: {res['threshold_basis']['warning']}")
     print(f"report: {Path(a.run) / 'quantized' / a.runtime / 'quant.json'}")
     if not g["passed"]:
-        print(f"edge-quantize: gate failed: image-AUROC drop {g['image_auroc_drop']} > max {a.max_drop}", file=sys.stderr)
+        print(f"edge-quantize: {gate_failure(g)}", file=sys.stderr)
         return 1
     return 0
 

@@ -10,6 +10,10 @@ from typing import Any
 
 __all__ = ["main"]
 
+# what `edge-train fit` and the tools after it write into a run folder; --overwrite removes exactly these
+RUN_OUTPUTS = ("config.yaml", "model.pt", "checkpoint.pt", "checkpoint.tmp", "model.onnx", "model.json",
+               "train.json", "report.json", "plots", "quantized")
+
 
 def _cmd_synth(a: argparse.Namespace) -> int:
     from training.synth import SynthSpec, write_synthetic
@@ -28,6 +32,7 @@ def _report(state: Any, data: Any, out: Path) -> dict[str, Any]:
     report, arrays = evaluate(state, data)
     report = {"model": state.config.model, "dataset": str(data.root), "layout": data.layout,
               "training_data_fingerprint": state.fingerprint, **report,
+              "false_alarm_rate_target": state.config.false_alarm_rate, "threshold_basis": _threshold_basis(state),
               "train_minutes": state.meta.get("train_minutes"), "steps_done": state.meta.get("steps_done")}
     if arrays:
         report["plots"] = write_plots(arrays, state.threshold, out / "plots", f"{state.config.model}")
@@ -35,12 +40,62 @@ def _report(state: Any, data: Any, out: Path) -> dict[str, Any]:
     return report
 
 
+def _threshold_basis(state: Any) -> dict[str, Any]:
+    """The run's threshold basis (runs trained before it was recorded: from their held-out count)."""
+    from training.report import threshold_basis
+
+    basis = state.meta.get("threshold_basis")
+    return basis or threshold_basis(int(state.meta.get("n_val", 0)), state.config.false_alarm_rate)
+
+
+def _note_threshold_basis(out: Path, basis: dict[str, Any]) -> None:
+    """Add the threshold basis to model.json, beside the threshold it qualifies (export writes the rest)."""
+    path = out / "model.json"
+    meta = json.loads(path.read_text())
+    meta["threshold_basis"] = basis
+    path.write_text(json.dumps(meta, indent=2))
+
+
 def _print_report(report: dict[str, Any], out: Path) -> None:
     keys = ["image_auroc", "image_auroc_by_kind", "pixel_auroc", "aupro_0.3", "threshold", "false_alarm_rate", "miss_rate"]
     for k in keys:
-        if k in report:
-            print(f"  {k:<20} {report[k]}")
+        if k not in report:
+            continue
+        v = report[k]
+        if k == "false_alarm_rate" and v is not None:
+            v = (f"{v} ({v:.1%} of {report['n_good']} good test images; "
+                 f"target {report['false_alarm_rate_target']:.2%})")
+        print(f"  {k:<20} {v}")
     print(f"report: {out / 'report.json'}  plots: {out / 'plots'}")
+
+
+def _refuse_reuse(out: Path, resume: bool, overwrite: bool) -> str | None:
+    """Why fit must not write into out (one line naming the fix), or None."""
+    if resume or overwrite or not out.is_dir():
+        return None
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    if not found:
+        return None
+    listed = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+    return (f"{out} is not empty ({listed}); pass --resume to continue its training, --overwrite to start clean "
+            "(removes its model, reports and quantized/ artifacts), or a new --out folder")
+
+
+def _clear_run(out: Path) -> list[str]:
+    """Remove what an earlier run wrote into out (RUN_OUTPUTS only); returns the names removed."""
+    import shutil
+
+    removed = []
+    for name in RUN_OUTPUTS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def _cmd_fit(a: argparse.Namespace) -> int:
@@ -58,13 +113,26 @@ def _cmd_fit(a: argparse.Namespace) -> int:
         params["map_weights"] = a.map_weights
     overrides = {"model": a.model, "steps": a.steps, "size_px": a.size, "batch_size": a.batch_size,
                  "max_minutes": a.max_minutes, "seed": a.seed, "false_alarm_rate": a.far, "params": params}
+    out = Path(a.out)
+    refusal = _refuse_reuse(out, a.resume, a.overwrite)
+    if refusal:
+        print(f"edge-train: error: {refusal}", file=sys.stderr)
+        return 2
     cfg = load_fit_config(a.config, overrides)
     data = open_dataset(a.data, cfg.val_fraction, cfg.seed)
-    out = Path(a.out)
+    if a.overwrite and out.is_dir():
+        removed = _clear_run(out)
+        if removed:
+            print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {out}")
     state = fit(cfg, data, out, resume=a.resume, progress=not a.quiet)
     onnx_path = export_onnx(state, out, load_images(data.val[:4], cfg.size_px))
+    basis = _threshold_basis(state)
+    _note_threshold_basis(out, basis)
     report = _report(state, data, out)
-    print(f"model: {onnx_path}  threshold: {state.threshold:.4f} (good images, target false alarms {cfg.false_alarm_rate:.2%})")
+    print(f"model: {onnx_path}  threshold: {state.threshold:.4f} (from {basis['n_good_images']} held-out good "
+          f"images, target false alarms {cfg.false_alarm_rate:.2%})")
+    if basis["warning"]:
+        print(f"  warning: {basis['warning']}")
     _print_report(report, out)
     return 0
 
@@ -86,6 +154,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
     state = load_run(Path(a.run))
     print(f"wrote {export_onnx(state, Path(a.run))}")
+    _note_threshold_basis(Path(a.run), _threshold_basis(state))
     return 0
 
 
@@ -130,7 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--far", type=float, help="target false-alarm rate for the threshold (default 0.005)")
     f.add_argument("--max-minutes", type=float,
                    help="training time budget; the lr drop and AST's teacher/student phases are scheduled within it")
-    f.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    again = f.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start clean in a used --out folder: removes its model, reports and quantized/ "
+                            "artifacts (without --resume or --overwrite, fit refuses a non-empty folder)")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(fn=_cmd_fit)
 

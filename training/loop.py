@@ -19,6 +19,7 @@ from training.data import Dataset, Sample, load_rgb
 from training.metrics import threshold_at_far
 from training.models import AnomalyModel, build_model
 from training.models.base import TrainBatch
+from training.report import threshold_basis
 
 __all__ = ["fit", "load_images", "score_images", "load_run", "RunState"]
 
@@ -98,6 +99,8 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
         opt.load_state_dict(state["optim"])
         torch.set_rng_state(state["rng"])
         start, minutes_before = int(state["step"]), float(state.get("minutes", 0.0))
+    elif resume:
+        print(f"--resume: no checkpoint in {out}; training from step 0")
     gen = torch.Generator().manual_seed(cfg.seed + start)
     t0 = time.monotonic()
 
@@ -152,6 +155,7 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
         "dataset_layout": data.layout,
         "dataset": str(data.root.resolve()),
         "val_scores": [round(float(s), 6) for s in val_scores],
+        "threshold_basis": threshold_basis(len(val_scores), cfg.false_alarm_rate),
         "history": history,
     }
     state = RunState(model, cfg, threshold, data.fingerprint(), meta)

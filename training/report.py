@@ -1,14 +1,35 @@
-"""Plots a person reads: ROC curves, score histograms with the threshold, heatmap overlays of the worst images."""
+"""What a person reads: ROC curves, score histograms with the threshold, heatmap overlays of the worst images,
+and how far a threshold from few good images can be trusted."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from training.metrics import roc_curve
 
-__all__ = ["write_plots"]
+__all__ = ["threshold_basis", "write_plots"]
+
+
+def threshold_basis(n_good: int, far: float) -> dict[str, Any]:
+    """How much a threshold set on n_good good images at target false-alarm rate `far` can say.
+
+    On n good images the false-alarm rate moves in steps of 1/n; a target below one step puts the threshold at
+    about the highest good score, and nothing measured here shows whether the target holds. `warning` is None
+    when n_good reaches 1/far.
+    """
+    resolution = 1.0 / max(n_good, 1)
+    needed = math.ceil(1.0 / far - 1e-9) if far > 0 else None
+    warning = None
+    if needed is not None and n_good < needed:
+        warning = (f"threshold from only {n_good} good image{'s' if n_good != 1 else ''}: false alarms are "
+                   f"measured in steps of {resolution:.1%}, too coarse for the {far:.2%} target (that needs "
+                   f"{needed} or more held-out good images); expect more false alarms than the target")
+    return {"n_good_images": n_good, "false_alarm_rate_target": far,
+            "false_alarm_resolution": round(resolution, 6), "good_images_needed": needed, "warning": warning}
 
 
 def write_plots(arrays: dict[str, np.ndarray], threshold: float, out: Path, title: str, n_worst: int = 6) -> list[str]:

@@ -12,7 +12,7 @@ from quantize.gate import gate_report
 
 @pytest.mark.parametrize("runtime", ["ort", "openvino"])
 def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
-    res = quantize_run(tiny_run, runtime, max_drop=1.0)
+    res = quantize_run(tiny_run, runtime, max_drop=1.0, max_far_increase=1.0)
     assert res["gate"]["passed"]
     assert (tiny_run / "quantized" / runtime / res["artifact"]).is_file()
     assert res["threshold"] > 0 and res["output_affine"]["scale"] > 0

@@ -23,16 +23,64 @@ def test_fit_resume_and_report(tmp_path, tiny_data):
     out = tmp_path / "run"
     common = ["fit", "--data", str(tiny_data), "--model", "efficientad-tiny", "--size", "64", "--out", str(out),
               "--batch-size", "2", "--quiet", "--map-weights", "1", "0", "2"]
-    assert _run(*common, "--steps", "3").returncode == 0
+    r = _run(*common, "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    # 6 held-out good images cannot resolve a 0.5 % false-alarm target: said in the output and both files
+    assert "warning: threshold from only 6 good images" in r.stdout and "steps of 16.7%" in r.stdout
     r = _run(*common, "--steps", "5", "--resume")
     assert r.returncode == 0, r.stderr
     import json
 
     assert json.loads((out / "train.json").read_text())["steps_done"] == 5
-    assert json.loads((out / "model.json").read_text())["params"]["map_weights"] == [1.0, 0.0, 2.0]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["params"]["map_weights"] == [1.0, 0.0, 2.0]
+    assert meta["threshold_basis"]["n_good_images"] == 6 and meta["threshold_basis"]["good_images_needed"] == 200
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["image_auroc_by_kind"]) == {"logical", "structural"}
     assert all((out / "plots" / p).stat().st_size > 1000 for p in rep["plots"])
+    assert rep["threshold_basis"]["warning"] and rep["threshold_basis"] == meta["threshold_basis"]
+    # --overwrite starts clean: the old INT8 artifacts go with the old model
+    (out / "quantized" / "ort").mkdir(parents=True)
+    (out / "quantized" / "ort" / "quant.json").write_text("{}")
+    r = _run(*common, "--steps", "2", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert "--overwrite: removed" in r.stdout and not (out / "quantized").exists()
+    assert json.loads((out / "train.json").read_text())["steps_done"] == 2
+
+
+def test_fit_refuses_a_used_run_folder_without_resume_or_overwrite(tmp_path, tiny_data):
+    """ux-r2 E1: fit into an existing run overwrote it quietly, and deploy then shipped its old INT8 model."""
+    out = tmp_path / "run"
+    (out / "quantized" / "ort").mkdir(parents=True)
+    (out / "model.pt").write_bytes(b"old")
+    r = _run("fit", "--data", str(tiny_data), "--model", "efficientad-tiny", "--size", "64", "--steps", "1",
+             "--out", str(out), "--quiet")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "not empty" in r.stderr and "--resume" in r.stderr and "--overwrite" in r.stderr and "--out" in r.stderr
+    assert (out / "model.pt").read_bytes() == b"old" and not (out / "config.yaml").exists()  # nothing touched
+    r = _run("fit", "--data", str(tiny_data), "--out", str(out), "--resume", "--overwrite")
+    assert r.returncode == 2 and "not allowed with" in r.stderr
+
+
+def test_overwrite_removes_only_what_a_run_writes(tmp_path):
+    from training.cli import _clear_run
+
+    for name in ("model.pt", "model.onnx", "model.json", "report.json", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "quantized" / "ort").mkdir(parents=True)
+    (tmp_path / "plots").mkdir()
+    removed = {"model.pt", "model.onnx", "model.json", "report.json", "quantized", "plots"}
+    assert set(_clear_run(tmp_path)) == removed
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_threshold_basis_names_the_count_and_the_resolution():
+    from training.report import threshold_basis
+
+    few = threshold_basis(6, 0.005)
+    assert few["false_alarm_resolution"] == round(1 / 6, 6) and few["good_images_needed"] == 200
+    assert "6 good images" in few["warning"] and "16.7%" in few["warning"] and "0.50%" in few["warning"]
+    assert threshold_basis(200, 0.005)["warning"] is None and threshold_basis(20, 0.05)["warning"] is None
 
 
 def test_distill_teacher_resumes_and_writes_a_loadable_fp16_teacher(tmp_path):

@@ -1,0 +1,74 @@
+"""What an INT8 artifact was made from (the FP32 model, the images, the settings), and whether it still is.
+
+quant.json records it under `source`; edge-deploy reuses an artifact only while all of it matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["artifact_sha256", "expected_source", "file_sha256", "stale_reason"]
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def artifact_sha256(path: Path) -> str:
+    """SHA-256 of an artifact, with its weights file where the format keeps one apart (OpenVINO .xml + .bin)."""
+    h = hashlib.sha256(file_sha256(path).encode())
+    weights = path.with_suffix(".bin")
+    if path.suffix == ".xml" and weights.is_file():
+        h.update(file_sha256(weights).encode())
+    return h.hexdigest()
+
+
+def expected_source(run: Path, runtime: str, *, device: str, max_drop: float, max_far_increase: float,
+                    max_calib: int, min_spearman: float, calib_dir: Path | None = None,
+                    data_dir: Path | None = None) -> dict[str, Any]:
+    """The source an artifact quantized now with these settings would record (quantize_run records this)."""
+    from quantize.calib import images_fingerprint
+    from quantize.cli import SELECTION_STRENGTHS, SENSITIVITY_BOUNDS_DB
+
+    meta = json.loads((run / "model.json").read_text())
+    if data_dir is not None:
+        meta["dataset"] = str(data_dir)
+    settings = {
+        "runtime": runtime, "device": device, "max_drop": max_drop, "max_far_increase": max_far_increase,
+        "min_spearman": min_spearman, "max_calib": max_calib, "calib_dir": str(calib_dir) if calib_dir else None,
+        "false_alarm_rate_target": float(meta.get("false_alarm_rate_target", 0.005)),
+        "threshold_fp32": float(meta["threshold"]),
+        "selection_strengths": list(SELECTION_STRENGTHS), "sensitivity_bounds_db": list(SENSITIVITY_BOUNDS_DB),
+    }
+    return {"model_sha256": file_sha256(run / "model.onnx"),
+            "images_sha256": images_fingerprint(meta, calib_dir, max_calib), "settings": settings}
+
+
+def stale_reason(recorded: dict[str, Any], qdir: Path, expected: dict[str, Any]) -> str | None:
+    """Why a quant.json's artifact must not be reused for `expected`; None when it may be."""
+    src = recorded.get("source")
+    if not src:
+        return "quant.json records no source model (written before sources were recorded)"
+    if src.get("model_sha256") != expected["model_sha256"]:
+        return "model.onnx changed since it was quantized"
+    if src.get("images_sha256") != expected["images_sha256"]:
+        return "the calibration or gate images changed since it was quantized"
+    old, new = src.get("settings", {}), expected["settings"]
+    keys = sorted(set(old) | set(new))
+    changed = [f"{k} {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k)]
+    if changed:
+        return f"settings changed ({', '.join(changed)})"
+    art = qdir / str(recorded.get("artifact"))
+    if not art.is_file():
+        return f"{art.name} is missing"
+    if artifact_sha256(art) != src.get("artifact_sha256"):
+        return f"{art.name} changed since quant.json was written"
+    return None
