@@ -18,7 +18,9 @@ from deploy.targets import Target
 from edge.backends import create_backend
 from edge.bundle import CONTRACT_VERSION, SCHEMA_VERSION, sha256_file
 
-__all__ = ["build_bundle", "unit_file", "measure_latency"]
+__all__ = ["build_bundle", "unit_file", "measure_latency", "install_steps", "DEVICE_ROOT", "default_bundle_version"]
+
+DEVICE_ROOT = "/opt/lineside"  # venv/, bundles/<name>-v<version>/ and the bundles/current link, all root-owned
 
 
 def unit_file() -> Path:
@@ -54,20 +56,60 @@ def _golden(runtime: str, model: Path, inputs: list[np.ndarray], out: Path, prec
     return {"inputs": "golden.npz", "scores": scores, "tolerance": tol, "reference_runtime": ref_runtime}
 
 
-def default_config(target: Target, runtime: str, meta: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "bundle": "/var/lib/lineside/bundle",
+def default_bundle_version() -> int:
+    """UTC build time as YYYYMMDDHHMMSS: goes up with every build, readable, fits the daemon's rollback check."""
+    return int(dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S"))
+
+
+def install_steps(archive: str, top: str, root: str = DEVICE_ROOT, key: str | None = None,
+                  jetson: bool = False) -> list[str]:
+    """The shell steps that install a bundle archive on the device, first install and upgrade alike.
+
+    The bundle is unpacked root-owned and read-only for the daemon (never into its writable state directory),
+    verified, then swapped in atomically by renaming a `current` symlink, and the daemon reloads it.
+    """
+    b = f"{root}/bundles"
+    steps = [
+        f"install -d -m 0755 {b}",
+        f"rm -rf {b}/{top} && tar --no-same-owner --no-same-permissions -xzf {archive} -C {b}",
+    ]
+    if jetson:
+        steps.append(f"{root}/venv/bin/edge-deploy build-engine {b}/{top} --cache-dir /var/cache/lineside")
+    steps += [
+        f"{root}/venv/bin/edge-deploy verify {b}/{top}" + (f" --key {key}" if key else ""),
+        f"ln -sfn {top} {b}/current.new && mv -T {b}/current.new {b}/current",
+    ]
+    return steps
+
+
+TRUSTED_KEY = "/etc/lineside/bundle-signing.pub"
+
+
+def default_config(target: Target, runtime: str, meta: dict[str, Any], signed: bool = False) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "bundle": f"{DEVICE_ROOT}/bundles/current",
         "state_dir": "/var/lib/lineside",
         "cache_dir": "/var/cache/lineside",
         "backend": {"device": target.device, "threads": 0},
         "mqtt": {"host": "localhost", "port": 1883, "protocol": "5", "prefix": "lineside", "line": "line1"},
         "stations": [{"name": "station1", "source": {"type": "folder", "path": "/var/lib/lineside/inbox"}}],
     }
+    if signed:  # the device then runs only bundles signed by this key, never an older one
+        cfg["trust"] = {"keys": [TRUSTED_KEY]}
+    return cfg
 
 
 def build_bundle(run: Path, target: Target, runtime: str, precision: str, artifacts: list[Path], primary: Path,
-                 quant: dict[str, Any] | None, golden_inputs: list[np.ndarray], out: Path) -> tuple[Path, Path]:
-    """Write the bundle folder and out.tar.gz; returns both paths."""
+                 quant: dict[str, Any] | None, golden_inputs: list[np.ndarray], out: Path,
+                 bundle_version: int | None = None, sign_key: object | None = None) -> tuple[Path, Path, str]:
+    """Write the bundle folder (signed with sign_key when given) and out.tar.gz.
+
+    Returns the folder, the archive and the archive's top folder name (<out>-v<bundle_version>), which is what
+    the device unpacks, so each version lands in a folder of its own.
+    """
+    from edge.signing import sign_manifest
+
+    version = bundle_version or default_bundle_version()
     meta = json.loads((run / "model.json").read_text())
     if out.exists():
         shutil.rmtree(out)
@@ -77,13 +119,15 @@ def build_bundle(run: Path, target: Target, runtime: str, precision: str, artifa
         if a.suffix == ".xml":
             shutil.copy2(a.with_suffix(".bin"), out / a.with_suffix(".bin").name)
     golden = _golden(runtime, out / primary.name, golden_inputs, out, precision)
-    (out / "config.yaml").write_text(yaml.safe_dump(default_config(target, runtime, meta), sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump(default_config(target, runtime, meta, sign_key is not None),
+                                                    sort_keys=False))
     shutil.copy2(unit_file(), out / "lineside.service")
     from training import __version__ as tool_version
 
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "contract_version": CONTRACT_VERSION,
+        "bundle_version": version,
         "model": {"family": meta["family"], "name": meta["model"], "variant": meta.get("variant"),
                   "version": meta.get("created", "")},
         "input": {"size_px": meta["size_px"], "colour_order": "RGB", "range": [0, 1], "layout": "NCHW",
@@ -105,7 +149,10 @@ def build_bundle(run: Path, target: Target, runtime: str, precision: str, artifa
     files = sorted(p for p in out.rglob("*") if p.is_file())
     manifest["files"] = {str(p.relative_to(out)): sha256_file(p) for p in files}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if sign_key is not None:
+        sign_manifest(out, sign_key)
     archive = out.with_name(out.name + ".tar.gz")
+    top = f"{out.name}-v{version}"
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(out, arcname=out.name)
-    return out, archive
+        tar.add(out, arcname=top)
+    return out, archive, top

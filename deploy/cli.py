@@ -12,21 +12,35 @@ from deploy.targets import TARGETS, Target
 
 __all__ = ["main"]
 
-_SUBCOMMANDS = ("verify", "inspect", "build-engine")
+_SUBCOMMANDS = ("verify", "inspect", "build-engine", "keygen")
 TRT_MAX_TOPK = 1024  # ITopKLayer's k limit in TensorRT 8.6, the oldest the jetson target accepts (3840 from 10.x)
 
 
-def _quantized(run: Path, qruntime: str, max_drop: float, device: str) -> dict[str, Any]:
-    from quantize.cli import RUNTIMES, quantize_run
+def _quantized(run: Path, qruntime: str, max_drop: float, device: str,
+               max_far_increase: float | None = None) -> dict[str, Any]:
+    """The run's INT8 result for a runtime, quantized with edge-quantize's defaults for what is not given.
 
+    An existing artifact is reused only when quant.json's source (SHA-256 of model.onnx, of the calibration
+    and gate images, and the settings) matches what quantizing now would record; otherwise it is re-made and
+    one line says why.
+    """
+    from quantize.cli import MAX_CALIB, MIN_SPEARMAN, quantize_run
+    from quantize.gate import MAX_FAR_INCREASE
+    from quantize.provenance import expected_source, stale_reason
+
+    far_up = MAX_FAR_INCREASE if max_far_increase is None else max_far_increase
     qdir = run / "quantized" / qruntime
     qjson = qdir / "quant.json"
-    if qjson.is_file() and (qdir / RUNTIMES[qruntime][1]).is_file():
+    if qjson.is_file():
         res = json.loads(qjson.read_text())
-        if res.get("device", "CPU") == device and res["gate"].get("max_drop") == max_drop:
+        expected = expected_source(run, qruntime, device=device, max_drop=max_drop, max_far_increase=far_up,
+                                   max_calib=MAX_CALIB, min_spearman=MIN_SPEARMAN)
+        reason = stale_reason(res, qdir, expected)
+        if reason is None:
             print(f"using existing {qruntime} INT8 artifact in {qdir}")
             return res
-    return quantize_run(run, qruntime, max_drop, device=device)
+        print(f"{qdir} is stale: {reason}; re-quantizing")
+    return quantize_run(run, qruntime, max_drop, device=device, max_far_increase=far_up)
 
 
 def _build(a: argparse.Namespace) -> int:
@@ -56,25 +70,32 @@ def _build(a: argparse.Namespace) -> int:
     runtime = target.runtime
     measured: dict[str, float] = {}
     if precision == "int8":
+        from quantize.gate import gate_failure
+
+        far_up = a.max_far_increase
         if target.name == "cpu":
             options = {}
+            failures = []
             for qrt, rt in (("ort", "onnxruntime"), ("openvino", "openvino")):
-                q = _quantized(run, qrt, a.max_drop, "CPU")
+                q = _quantized(run, qrt, a.max_drop, "CPU", far_up)
                 if q["gate"]["passed"]:
                     art = run / "quantized" / qrt / q["artifact"]
                     measured[rt] = measure_latency(rt, art, golden[0])
                     options[rt] = (q, art)
+                else:
+                    failures.append(f"{qrt}: {gate_failure(q['gate'])}")
+                    print(f"{qrt} INT8 not used: {gate_failure(q['gate'])}")
             if not options:
-                raise GateFailed("no INT8 artifact passed the accuracy gate; deploy with --precision fp32 or retrain")
+                raise GateFailed("no INT8 artifact passed the accuracy gate (" + " | ".join(failures) + ")")
             runtime = min(measured, key=measured.__getitem__)
             quant, primary = options[runtime]
             print("measured INT8 latency here: " + ", ".join(f"{k} {v:.1f} ms" for k, v in measured.items())
                   + f" -> {runtime}")
         else:
-            quant = _quantized(run, target.quantize_runtime, a.max_drop, "NPU" if target.name == "intel-npu" else "CPU")
+            quant = _quantized(run, target.quantize_runtime, a.max_drop, "NPU" if target.name == "intel-npu" else "CPU",
+                               far_up)
             if not quant["gate"]["passed"]:
-                raise GateFailed(f"INT8 accuracy gate failed (image-AUROC drop {quant['gate']['image_auroc_drop']}); "
-                                 "see quant.json, or deploy with --precision fp32")
+                raise GateFailed(f"{target.quantize_runtime} INT8 {gate_failure(quant['gate'])}")
             primary = run / "quantized" / target.quantize_runtime / quant["artifact"]
         artifacts = [primary]
         if target.name == "jetson":
@@ -92,7 +113,13 @@ def _build(a: argparse.Namespace) -> int:
             primary = run / "model.onnx"
         artifacts = [primary]
     out = Path(a.out)
-    folder, archive = build_bundle(run, target, runtime, precision, artifacts, primary, quant, golden, out)
+    sign_key = None
+    if a.sign_key:
+        from edge.signing import load_private_key
+
+        sign_key = load_private_key(Path(a.sign_key))
+    folder, archive, top = build_bundle(run, target, runtime, precision, artifacts, primary, quant, golden, out,
+                                        a.bundle_version, sign_key)
     if measured:
         print(json.dumps({"cpu_runtime_choice": measured}))
     print(f"bundle: {folder}\narchive: {archive}")
@@ -101,12 +128,33 @@ def _build(a: argparse.Namespace) -> int:
     if runtime != "tensorrt":
         m = load_model(folder, "cpu", out.parent / ".cache", 0)
         print(f"self-test here: passed on {m.backend.info.runtime} ({m.backend.info.device})")
-    print("next, on the device:")
-    print(f"  scp {archive} DEVICE:/tmp/ && ssh DEVICE 'sudo tar xzf /tmp/{archive.name} -C /var/lib/lineside "
-          f"&& sudo mv /var/lib/lineside/{folder.name} /var/lib/lineside/bundle'")
-    if target.name == "jetson":
-        print("  ssh DEVICE 'edge-deploy build-engine /var/lib/lineside/bundle --cache-dir /var/cache/lineside'")
-    print("  ssh DEVICE 'edge-deploy verify /var/lib/lineside/bundle && sudo systemctl restart lineside'")
+    _print_install(archive, top, target.name == "jetson", a.sign_key)
+    return 0
+
+
+def _print_install(archive: Path, top: str, jetson: bool, sign_key: str | None) -> None:
+    from deploy.bundle import DEVICE_ROOT, TRUSTED_KEY, install_steps
+
+    key = TRUSTED_KEY if sign_key else None
+    if sign_key:
+        print(f"signed with {sign_key}; the device must trust its public key: copy "
+              f"{Path(sign_key).with_suffix('.pub')} to DEVICE:{TRUSTED_KEY} (once)")
+    else:
+        print("unsigned: any bundle with matching hashes will run; sign with --sign-key (edge-deploy keygen)")
+    print(f"next, on the device (first install and upgrade alike; the unit expects {DEVICE_ROOT}/venv):")
+    print(f"  scp {archive} DEVICE:/tmp/")
+    steps = install_steps(f"/tmp/{archive.name}", top, key=key, jetson=jetson)
+    print("  ssh DEVICE 'sudo sh -ec \"" + "; ".join(steps) + "\"'")
+    print("  ssh DEVICE 'sudo systemctl reload-or-restart lineside'  # the daemon self-tests before it swaps")
+
+
+def _keygen(a: argparse.Namespace) -> int:
+    from edge.signing import generate_key
+
+    priv, pub, fp = generate_key(Path(a.bundle))
+    print(f"signing key {priv} (keep it on the build machine, mode 0600)\npublic key  {pub} (copy to each device)\n"
+          f"fingerprint {fp}")
+    print(f"next: edge-deploy --target cpu RUN --out BUNDLE --sign-key {priv}")
     return 0
 
 
@@ -114,12 +162,16 @@ def _verify(a: argparse.Namespace) -> int:
     from edge.app import load_model
     from edge.bundle import load_bundle
     from edge.errors import BackendUnavailable
+    from edge.signing import Trust
 
-    b = load_bundle(Path(a.bundle))
-    print(f"hashes ok: {len(b.manifest['files'])} files")
+    trust = Trust.from_files([Path(k) for k in a.key], None)
+    b = load_bundle(Path(a.bundle), trust)
+    print(f"hashes ok: {len(b.manifest['files'])} files"
+          + (f"; signature ok: key {b.signed_by}, bundle_version {b.version}" if b.signed_by else
+             "; signature not checked (no --key)"))
     runtime = b.runtime
     try:
-        m = load_model(Path(a.bundle), a.device, Path(a.cache_dir), 0)
+        m = load_model(Path(a.bundle), a.device, Path(a.cache_dir), 0, trust)
         print(f"self-test passed on {m.backend.info.runtime} {m.backend.info.device} "
               f"(max rel diff {m.selftest['max_rel_diff']:.2e})")
     except BackendUnavailable as err:
@@ -144,6 +196,8 @@ def _inspect(a: argparse.Namespace) -> int:
             ("target", m["target"]), ("runtime", f"{m['runtime']} >= {m['min_runtime_version'] or 'any'}"),
             ("precision", m["precision"]), ("input", f"{m['input']['size_px']}x{m['input']['size_px']} {m['input']['colour_order']}"),
             ("threshold", f"{m['threshold']:.5f}"), ("artifact", m["artifact"]), ("bundle id", b.digest),
+            ("bundle version", str(m.get("bundle_version", "-"))),
+            ("signed", "yes (manifest.sig)" if (b.root / "manifest.sig").is_file() else "no"),
             ("data fingerprint", m["training_data_fingerprint"][:16]), ("tool", m["tool_version"])]
     q = m.get("quantization") or {}
     if q.get("gate"):
@@ -183,27 +237,40 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _SUBCOMMANDS:
         p = argparse.ArgumentParser(prog=f"edge-deploy {argv[0]}")
-        p.add_argument("bundle")
+        if argv[0] == "keygen":
+            p.add_argument("bundle", metavar="STEM", help="writes STEM.key (private) and STEM.pub")
+        else:
+            p.add_argument("bundle")
         p.add_argument("--debug", action="store_true")
         if argv[0] in ("verify", "build-engine"):
             p.add_argument("--cache-dir", default="/var/cache/lineside" if argv[0] == "build-engine" else ".lineside-cache")
         if argv[0] == "verify":
             p.add_argument("--device", default="auto")
+            p.add_argument("--key", action="append", default=[], metavar="PUB",
+                           help="trusted public key: the bundle must be signed by it (repeatable)")
         if argv[0] == "build-engine":
             p.add_argument("--dla-core", type=int)
             p.add_argument("--print-command", action="store_true", help="print the equivalent trtexec command")
-        fn = {"verify": _verify, "inspect": _inspect, "build-engine": _build_engine}[argv[0]]
+        fn = {"verify": _verify, "inspect": _inspect, "build-engine": _build_engine, "keygen": _keygen}[argv[0]]
         a = p.parse_args(argv[1:])
     else:
         lines = "\n".join(f"  {t.name:<10} {t.summary}" for t in TARGETS.values())
         p = argparse.ArgumentParser(prog="edge-deploy", formatter_class=argparse.RawDescriptionHelpFormatter,
                                     description="Build a device bundle.", epilog=f"targets:\n{lines}\n\nalso: "
-                                    "edge-deploy verify|inspect|build-engine BUNDLE")
+                                    "edge-deploy verify|inspect|build-engine BUNDLE, edge-deploy keygen STEM")
         p.add_argument("--target", required=True, choices=list(TARGETS))
         p.add_argument("run", help="trained run folder")
         p.add_argument("--out", required=True, help="bundle folder to write (and OUT.tar.gz)")
         p.add_argument("--precision", choices=["int8", "fp16", "fp32"])
-        p.add_argument("--max-drop", type=float, default=0.005, help="INT8 accuracy gate (image-AUROC drop)")
+        from quantize.gate import MAX_DROP, MAX_FAR_INCREASE
+
+        p.add_argument("--max-drop", type=float, default=MAX_DROP,
+                       help="INT8 gate: largest image-AUROC / AUPRO drop vs FP32 (default %(default)s)")
+        p.add_argument("--max-far-increase", type=float, default=MAX_FAR_INCREASE,
+                       help="INT8 gate: largest rise of the false-alarm rate at the threshold (default %(default)s)")
+        p.add_argument("--sign-key", metavar="KEY", help="sign the bundle with this Ed25519 key (edge-deploy keygen)")
+        p.add_argument("--bundle-version", type=int, metavar="N",
+                       help="bundle version, must go up (default: UTC build time YYYYMMDDHHMMSS)")
         p.add_argument("--debug", action="store_true")
         a = p.parse_args(argv)
         fn = _build

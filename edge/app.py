@@ -183,8 +183,14 @@ class Daemon:
             body = json.loads(msg.payload)
             cmd_id = str(body.get("id"))[:128] if isinstance(body, dict) and body.get("id") is not None else None
             cmd = ReloadCommand.model_validate(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, ValidationError, TypeError) as err:
-            reason = f"malformed command: {str(err).splitlines()[0][:200]}"
+        except ValidationError as err:
+            e = err.errors()[0]
+            reason = f"malformed command: {'.'.join(str(x) for x in e['loc']) or 'payload'}: {e['msg']}"
+            log.warning("command on %s refused: %s", msg.topic, reason)
+            self._answer(cmd_id, "refused", reason)
+            return
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+            reason = f"malformed command: not a JSON object ({str(err)[:120]})"
             log.warning("command on %s refused: %s", msg.topic, reason)
             self._answer(cmd_id, "refused", reason)
             return

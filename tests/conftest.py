@@ -94,6 +94,6 @@ def bundle(tiny_run, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("bundle") / "b"
     r = subprocess.run([sys.executable, "-m", "deploy.cli", "--target", "arm", str(tiny_run), "--out", str(out),
-                        "--max-drop", "1.0"], capture_output=True, text=True)
+                        "--max-drop", "1.0", "--max-far-increase", "1.0"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.config import MqttConfig
 from edge.errors import SpoolError
@@ -143,7 +144,14 @@ class MqttPublisher:
         """Register a handler; (re)subscribed on every connect."""
         self._handlers[topic] = handler
         if self.is_connected:
-            self.client.subscribe(topic, qos=1)
+            self._subscribe(self.client, topic)
+
+    def _subscribe(self, client: mqtt.Client, topic: str) -> None:
+        if self._v5:
+            # keep the retain flag on live messages too, so a handler can refuse a retained command at once
+            client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+        else:
+            client.subscribe(topic, qos=1)
 
     def set_status(self, status: dict[str, Any]) -> None:
         """Publish the retained status (not spooled: only the latest matters)."""
@@ -198,7 +206,7 @@ class MqttPublisher:
             self._generation += 1
             self._last_sent = 0  # resend everything not yet accepted, oldest first
         for topic in self._handlers:
-            client.subscribe(topic, qos=1)
+            self._subscribe(client, topic)
         client.publish(self.status_topic, json.dumps(self._status), qos=1, retain=True)
         self._connected.set()
         self._wake.set()

@@ -17,7 +17,7 @@ def _deploy(*args):
 @pytest.mark.parametrize("target", ["cpu", "arm", "intel-npu", "jetson"])
 def test_bundles_build_and_verify(tiny_run, tmp_path, target):
     out = tmp_path / f"b-{target}"
-    r = _deploy("--target", target, str(tiny_run), "--out", str(out), "--max-drop", "1.0")
+    r = _deploy("--target", target, str(tiny_run), "--out", str(out), "--max-drop", "1.0", "--max-far-increase", "1.0")
     assert r.returncode == 0, r.stderr
     assert "next, on the device" in r.stdout and Path(str(out) + ".tar.gz").is_file()
     b = load_bundle(out)
@@ -29,7 +29,7 @@ def test_bundles_build_and_verify(tiny_run, tmp_path, target):
 
 def test_bundle_refusals(tiny_run, tmp_path):
     out = tmp_path / "b"
-    assert _deploy("--target", "arm", str(tiny_run), "--out", str(out), "--max-drop", "1.0").returncode == 0
+    assert _deploy("--target", "arm", str(tiny_run), "--out", str(out), "--max-drop", "1.0", "--max-far-increase", "1.0").returncode == 0
     art = out / load_bundle(out).manifest["artifact"]
     data = bytearray(art.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -71,7 +71,10 @@ class Subscriber:
         self.client.loop_start()
 
     def _msg(self, c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
-        (self.verdicts if m.topic.endswith("/verdict") else self.status).append(json.loads(m.payload))
+        if m.topic.endswith("/verdict"):
+            self.verdicts.append(json.loads(m.payload))
+        elif m.topic.endswith("/status"):
+            self.status.append(json.loads(m.payload))
 
     def wait(self, n: int, timeout: float = 60) -> None:
         """Until n distinct verdicts arrived (or the timeout)."""
