@@ -137,8 +137,8 @@ class Daemon:
     # --- health and status ---------------------------------------------------------------------
     def problems(self) -> list[str]:
         """Why the daemon is not fully healthy; empty when it is."""
-        out = [p for p in (self.publisher.alive(), self.publisher.problem, self.spool_problem, self.queue.incident,
-                           self.last_error) if p]
+        out = list(dict.fromkeys(p for p in (self.publisher.alive(), self.publisher.problem, self.spool_problem,
+                                             self.queue.incident, self.last_error) if p))
         if self.model.backend.info.fallback:
             out.append(f"backend fallback: {self.model.backend.info.fallback}")
         return out
@@ -159,6 +159,7 @@ class Daemon:
                             "device": m.backend.info.device, "fallback": m.backend.info.fallback},
                 "selftest": m.selftest, "queue_depth": depth, "dropped_verdicts": dropped,
                 "refused_verdicts": refused, "quarantined_verdicts": quarantined,
+                "sender": self.publisher.sender_state(),
                 "last_error": self.last_error, "stations": [s.station for s in self.sources]}
 
     def _publish_status(self, force: bool = False) -> None:

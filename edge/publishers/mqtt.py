@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[mqtt.MQTTMessage, Callable[[], None]], None]
 _SESSION_EXPIRY_S = 24 * 3600  # triggers queued by the broker for a daemon that is down survive a day
 _REFUSED_RETRY_S = 5.0
+_PUBACK_STALL_S = 30.0
 
 
 def topic_for(cfg: MqttConfig, station: str | None, leaf: str) -> str:
@@ -70,8 +71,10 @@ class MqttPublisher:
         self._status: dict[str, Any] = {"state": "starting"}
         self._refused: dict[int, str] = {}  # spool seq -> reason, until the broker accepts it
         self._retry_at = 0.0
-        self.problem: str | None = None  # why delivery is failing (status 'degraded'), None when healthy
+        self._refused_problem: str | None = None  # the broker refuses verdicts
+        self._spool_problem: str | None = None  # the spool cannot be read or updated
         self.sender_beat = time.monotonic()
+        self._last_puback = time.monotonic()
         self.connect_failures = 0
         self.last_connect_error: str | None = None
         self.client_id = cfg.client_id or default_client_id(cfg)
@@ -83,7 +86,8 @@ class MqttPublisher:
             self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                       protocol=mqtt.MQTTv311, clean_session=False)
         self.client.manual_ack_set(True)
-        self.client.max_inflight_messages_set(window)
+        # our sender keeps its own window; paho's would queue behind messages it counts from an old session
+        self.client.max_inflight_messages_set(0)
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password())
         if cfg.tls:
@@ -121,6 +125,18 @@ class MqttPublisher:
         except Exception:  # noqa: BLE001 - recorded: health() reports the dead thread and systemd restarts us
             log.exception("mqtt: network loop died")
         self._connected.clear()
+
+    @property
+    def problem(self) -> str | None:
+        """Why delivery is failing (status 'degraded'), None when healthy."""
+        return "; ".join(p for p in (self._refused_problem, self._spool_problem) if p) or None
+
+    def sender_state(self) -> dict[str, Any]:
+        """What the sender is doing, for the status topic: verdicts awaiting PUBACK, last spool row sent."""
+        with self._lock:
+            return {"inflight": len(self._inflight), "last_sent": self._last_sent,
+                    "retry_in_s": round(max(0.0, self._retry_at - time.monotonic()), 1),
+                    "refused": sorted(self._refused)[:10]}
 
     def alive(self) -> str | None:
         """None while the network and sender threads run; otherwise which one died."""
@@ -225,6 +241,7 @@ class MqttPublisher:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         # runs on paho's network thread while paho holds its own locks: never call into paho from here
+        self._last_puback = time.monotonic()
         with self._lock:
             seq = self._inflight.pop(mid, None)
             if seq is None:
@@ -232,11 +249,7 @@ class MqttPublisher:
                 self._early = {m: v for m, v in self._early.items() if now - v[0] < 5.0}  # status PUBACKs age out
                 self._early[mid] = (now, reason)
                 return
-        try:
-            self._settle(seq, reason)
-        except SpoolError as err:
-            self.problem = str(err)
-            log.error("%s", err)
+        self._settle(seq, reason)
 
     def _settle(self, seq: int, reason: Any) -> None:
         """A PUBACK for spool row seq: delete it if accepted; keep, count and report it if refused."""
@@ -245,19 +258,34 @@ class MqttPublisher:
             with self._lock:
                 first = seq not in self._refused
                 self._refused[seq] = why
-                self._retry_at = time.monotonic() + _REFUSED_RETRY_S
-                self._last_sent = min(self._last_sent, seq - 1)  # send it (and what follows) again later
-            self.problem = why + " (kept on disk; check the broker's ACL for the verdict topic)"
+            self._rewind(seq)
+            self._refused_problem = why + " (kept on disk; check the broker's ACL for the verdict topic)"
             if first:
-                self.queue.count_refused()
+                try:
+                    self.queue.count_refused()
+                except SpoolError as err:
+                    log.error("%s", err)
                 log.error("mqtt: %s; kept in the spool and retried every %.0f s", why, _REFUSED_RETRY_S)
             return
-        self.queue.ack(seq)
+        try:
+            self.queue.ack(seq)
+        except SpoolError as err:  # accepted but not deleted (disk full): send it again later, same id
+            self._rewind(seq)
+            if self._spool_problem != str(err):
+                log.error("%s", err)
+            self._spool_problem = str(err)
+            return
         with self._lock:
             self._refused.pop(seq, None)
-            if not self._refused and self.problem and self.problem.startswith("broker refused"):
-                self.problem = None
+            if not self._refused:
+                self._refused_problem = None
         self._wake.set()
+
+    def _rewind(self, seq: int) -> None:
+        """Send row seq (and what follows) again after a back-off: it is still in the spool."""
+        with self._lock:
+            self._retry_at = time.monotonic() + _REFUSED_RETRY_S
+            self._last_sent = min(self._last_sent, seq - 1)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         acked = False
@@ -293,14 +321,22 @@ class MqttPublisher:
                 continue
             try:
                 self._send_some()
+                self._spool_problem = None
             except SpoolError as err:  # disk trouble: report it and keep trying, never die
-                if self.problem != str(err):
+                if self._spool_problem != str(err):
                     log.error("%s", err)
-                self.problem = str(err)
+                self._spool_problem = str(err)
                 time.sleep(1.0)
 
     def _send_some(self) -> None:
         with self._lock:
+            if self._inflight and time.monotonic() - self._last_puback > _PUBACK_STALL_S:
+                # PUBACKs stopped coming on a live connection: send everything not yet accepted again (same ids)
+                log.warning("mqtt: no PUBACK for %.0f s with %d verdicts in flight; sending them again",
+                            _PUBACK_STALL_S, len(self._inflight))
+                self._inflight.clear()
+                self._last_sent = 0
+                self._last_puback = time.monotonic()
             room = self.window - len(self._inflight)
             after = self._last_sent
             generation = self._generation

@@ -99,7 +99,8 @@ def test_password_auth_refuses_anonymous(tmp_path):
 
 
 def test_mqtt_trigger_answers_with_correlation_id(broker, bundle, tiny_data, tmp_path):
-    cfg = edge_config(tmp_path, bundle, {"port": broker.port}, {"type": "mqtt", "topic": "plc/line1/s1/trigger"})
+    cfg = edge_config(tmp_path, bundle, {"port": broker.port},
+                      {"type": "mqtt", "topic": "plc/line1/s1/trigger", "path_root": str(tiny_data)})
     sub = Subscriber(broker.port, "lineside/line1/s1/verdict", "plc")
     verdicts = sub.verdicts
     p = start_daemon(cfg)
@@ -117,6 +118,7 @@ def test_mqtt_trigger_answers_with_correlation_id(broker, bundle, tiny_data, tmp
         sub.close()
     assert verdicts[0]["correlation_id"] == "part-4711" and verdicts[0]["outcome"] in ("ok", "ng")
     assert verdicts[-1]["outcome"] in ("ok", "ng")
+    assert len({v["id"] for v in verdicts}) == 2  # the repeated trigger is one frame: one verdict id
 
 
 def test_sighup_keeps_old_bundle_when_new_one_fails(broker, bundle, tmp_path):
