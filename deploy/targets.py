@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Target", "TARGETS"]
+__all__ = ["AUTO_RUNTIMES", "Target", "TARGETS"]
 
 
 @dataclass(frozen=True)
@@ -31,3 +31,6 @@ TARGETS: dict[str, Target] = {
                "x86 CPU: the faster of ONNX Runtime and OpenVINO INT8, measured on this machine"),
     )
 }
+
+# what a target with runtime "auto" (cpu) quantizes and measures: (edge-quantize runtime, edge backend)
+AUTO_RUNTIMES: tuple[tuple[str, str], ...] = (("ort", "onnxruntime"), ("openvino", "openvino"))

@@ -216,7 +216,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
     qm, qs = qm * affine.scale + affine.offset, qs * affine.scale + affine.offset
     rep = gate_report(gate.labels, gate.masks, (fm, fs), (qm, qs), thr_fp32, thr_int8, max_drop, max_far_increase)
     rep["gate_set"] = gate.origin
-    plot_scores(fs, qs, gate.labels, thr_fp32, thr_int8, out / "gate.png", f"{meta['model']} {runtime} INT8 vs FP32")
+    plot_scores(fs, qs, gate.labels, thr_fp32, thr_int8, out / "gate.png", f"{meta['model']} {runtime} INT8 vs FP32", rep)
     result = {
         "runtime": runtime, "artifact": artifact.name, "precision": "int8", "device": device,
         "threshold": thr_int8, "threshold_fp32": thr_fp32, "threshold_basis": basis,
@@ -245,14 +245,16 @@ def _mk(p: Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     """edge-quantize's arguments; the gate defaults are quantize.gate's, the ones edge-deploy uses."""
-    p = argparse.ArgumentParser(prog="edge-quantize", description="INT8 post-training quantization with an accuracy gate.")
+    from training.clihelp import DefaultsHelpFormatter
+
+    p = argparse.ArgumentParser(prog="edge-quantize", description="INT8 post-training quantization with an accuracy gate.",
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("run", help="trained run folder (model.onnx + model.json)")
-    p.add_argument("--runtime", required=True, choices=sorted(RUNTIMES))
+    p.add_argument("--runtime", required=True, choices=sorted(RUNTIMES), help="runtime the INT8 artifact is for")
     p.add_argument("--max-drop", type=float, default=MAX_DROP,
-                   help=f"largest allowed image-AUROC drop, and AUPRO drop where masks exist (default {MAX_DROP})")
+                   help="largest allowed image-AUROC drop, and AUPRO drop where masks exist")
     p.add_argument("--max-far-increase", type=float, default=MAX_FAR_INCREASE,
-                   help="largest allowed rise of the false-alarm rate on good images at the bundle's threshold "
-                        f"(default {MAX_FAR_INCREASE})")
+                   help="largest allowed rise of the false-alarm rate on good images at the bundle's threshold")
     p.add_argument("--data", type=Path, help="dataset folder (default: the one the run was trained on)")
     p.add_argument("--calib-dir", type=Path, help="folder of good images for calibration (default: training good images)")
     p.add_argument("--device", choices=["CPU", "NPU"], default="CPU", help="OpenVINO target device for NNCF")
@@ -260,8 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-spearman", type=float, default=MIN_SPEARMAN,
                    help="also require this Spearman rank agreement with FP32 on the selection set "
                         "(default off: the graded selection set's AUROC already measures what INT8 loses)")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
+
+
+def next_hint(run: Path, runtime: str) -> str:
+    """The command to run after a passing edge-quantize: a bundle from the deploy targets that use this INT8
+    artifact (the target table decides; `cpu` picks the faster of ort and openvino itself)."""
+    from deploy.targets import AUTO_RUNTIMES, TARGETS
+
+    auto = runtime in {q for q, _ in AUTO_RUNTIMES}
+    targets = [t.name for t in TARGETS.values() if t.quantize_runtime == runtime or (auto and t.quantize_runtime == "auto")]
+    if not targets:
+        return f"next: no edge-deploy target builds {runtime} bundles yet; the artifact is in {run / 'quantized' / runtime}"
+    return f"next: edge-deploy --target {'|'.join(targets)} {run} --out bundles/{run.name}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if not g["passed"]:
         print(f"edge-quantize: {gate_failure(g)}", file=sys.stderr)
         return 1
+    print(next_hint(Path(a.run), a.runtime))
     return 0
 
 

@@ -13,8 +13,8 @@ import numpy as np
 from edge.backends import create_backend
 from edge.postprocess import OutputAffine
 
-__all__ = ["MAX_DROP", "MAX_FAR_INCREASE", "gate_failure", "gate_report", "plot_scores", "recalibrate",
-           "score_all", "score_timed", "spearman"]
+__all__ = ["MAX_DROP", "MAX_FAR_INCREASE", "gate_failure", "gate_report", "gate_verdict", "plot_scores",
+           "recalibrate", "score_all", "score_timed", "spearman"]
 
 MAX_DROP = 0.005  # default --max-drop: largest image-AUROC drop, and AUPRO drop where masks exist
 # default --max-far-increase: how much the false-alarm rate on good images may rise at the threshold the bundle
@@ -132,14 +132,22 @@ def gate_failure(rep: dict[str, Any]) -> str:
             "or deploy FP32 (edge-deploy --precision fp32)")
 
 
-def plot_scores(fs: np.ndarray, qs: np.ndarray, labels: np.ndarray, thr_f: float, thr_q: float, out: Path, title: str) -> None:
-    """Scatter of INT8 vs FP32 image scores with both thresholds."""
+def gate_verdict(rep: dict[str, Any]) -> str:
+    """The gate's outcome in a few words, as gate.png's heading: PASSED, or FAILED and which checks."""
+    if rep["passed"]:
+        return f"gate PASSED ({', '.join(rep['checked'])} within bounds)"
+    return f"gate FAILED: {', '.join(rep['failed'])} over the bound"
+
+
+def plot_scores(fs: np.ndarray, qs: np.ndarray, labels: np.ndarray, thr_f: float, thr_q: float, out: Path, title: str,
+                rep: dict[str, Any] | None = None) -> None:
+    """Scatter of INT8 vs FP32 image scores with both thresholds, headed by the gate's verdict (rep)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5.5, 5.8))
     ax.scatter(fs[labels == 0], qs[labels == 0], s=12, c="tab:green", label="good")
     ax.scatter(fs[labels == 1], qs[labels == 1], s=12, c="tab:red", label="defective")
     lo, hi = float(min(fs.min(), qs.min())), float(max(fs.max(), qs.max()))
@@ -148,6 +156,12 @@ def plot_scores(fs: np.ndarray, qs: np.ndarray, labels: np.ndarray, thr_f: float
     ax.axhline(thr_q, color="k", ls="--", lw=0.8, label="INT8 threshold")
     ax.set(xlabel="FP32 score", ylabel="INT8 score (recalibrated)", title=title)
     ax.legend(fontsize=8)
+    meta = {}
+    if rep is not None:
+        verdict = gate_verdict(rep)
+        fig.suptitle(verdict.replace(" (", "\n(").replace(": ", ":\n"), fontsize=9, fontweight="bold",
+                     color="tab:green" if rep["passed"] else "tab:red")
+        meta["Description"] = verdict
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, metadata=meta)
     plt.close(fig)

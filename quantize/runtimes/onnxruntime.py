@@ -5,6 +5,8 @@ The same function makes TensorRT's explicit-quantization graph with symmetric IN
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 from quantize.calib import CalibrationReader
@@ -43,12 +45,15 @@ def quantize_qdq(fp32: Path, out: Path, reader: CalibrationReader, method: str =
         extra["CalibPercentile"] = 99.999
     exclude = _expand(pre, exclude or [])
     reader.rewind()
-    quantize_static(
-        str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=calib, nodes_to_exclude=exclude,
-        op_types_to_quantize=["Conv", "MatMul", "Gemm"] if scope == "conv" else None, extra_options=extra,
-    )
+    # ORT's histogram calibrators print() their bin counts and percentiles for every call (5 lines per
+    # candidate); its warnings go through logging and stay
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(
+            str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=calib, nodes_to_exclude=exclude,
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"] if scope == "conv" else None, extra_options=extra,
+        )
     pre.unlink(missing_ok=True)
     return out
 

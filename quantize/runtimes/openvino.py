@@ -6,6 +6,7 @@ picks the NPU's or the CPU's quantization scheme.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -23,6 +24,9 @@ def _ov():  # noqa: ANN202
         import openvino as ov
     except ImportError as err:
         raise ExtraMissing("OpenVINO quantization needs openvino and nncf: pip install 'lineside[quantize]'") from err
+    # NNCF logs every ignored node and skipped quantizer at INFO (~850 lines for one edge-quantize run); its
+    # progress bars and warnings stay
+    nncf.set_log_level(logging.WARNING)
     return ov, nncf
 
 
