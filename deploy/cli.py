@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deploy.targets import TARGETS, Target
+from deploy.targets import AUTO_RUNTIMES, TARGETS, Target
 
 __all__ = ["main"]
 
@@ -69,6 +69,7 @@ def _build(a: argparse.Namespace) -> int:
     quant = None
     runtime = target.runtime
     measured: dict[str, float] = {}
+    gate_refused: list[str] = []  # runtimes whose INT8 artifact failed its gate, said again at the end
     if precision == "int8":
         from quantize.gate import gate_failure
 
@@ -76,7 +77,7 @@ def _build(a: argparse.Namespace) -> int:
         if target.name == "cpu":
             options = {}
             failures = []
-            for qrt, rt in (("ort", "onnxruntime"), ("openvino", "openvino")):
+            for qrt, rt in AUTO_RUNTIMES:
                 q = _quantized(run, qrt, a.max_drop, "CPU", far_up)
                 if q["gate"]["passed"]:
                     art = run / "quantized" / qrt / q["artifact"]
@@ -84,7 +85,8 @@ def _build(a: argparse.Namespace) -> int:
                     options[rt] = (q, art)
                 else:
                     failures.append(f"{qrt}: {gate_failure(q['gate'])}")
-                    print(f"{qrt} INT8 not used: {gate_failure(q['gate'])}")
+                    gate_refused.append(qrt)
+                    print(f"{qrt} INT8 FAILED its accuracy gate and is not used: {gate_failure(q['gate'])}")
             if not options:
                 raise GateFailed("no INT8 artifact passed the accuracy gate (" + " | ".join(failures) + ")")
             runtime = min(measured, key=measured.__getitem__)
@@ -123,11 +125,14 @@ def _build(a: argparse.Namespace) -> int:
     if measured:
         print(json.dumps({"cpu_runtime_choice": measured}))
     print(f"bundle: {folder}\narchive: {archive}")
-    from edge.app import load_model
+    from edge.scoring import load_model
 
     if runtime != "tensorrt":
         m = load_model(folder, "cpu", out.parent / ".cache", 0)
         print(f"self-test here: passed on {m.backend.info.runtime} ({m.backend.info.device})")
+    for qrt in gate_refused:
+        print(f"edge-deploy: warning: {qrt} INT8 failed its accuracy gate, so this bundle runs {runtime} "
+              f"({run / 'quantized' / qrt / 'quant.json'}, gate.png beside it)", file=sys.stderr)
     _print_install(archive, top, target.name == "jetson", a.sign_key)
     return 0
 
@@ -159,7 +164,7 @@ def _keygen(a: argparse.Namespace) -> int:
 
 
 def _verify(a: argparse.Namespace) -> int:
-    from edge.app import load_model
+    from edge.scoring import load_model
     from edge.bundle import load_bundle
     from edge.errors import BackendUnavailable
     from edge.signing import Trust
@@ -234,44 +239,48 @@ def main(argv: list[str] | None = None) -> int:
     from quantize.errors import QuantizeError
     from training.errors import TrainingError
 
+    from training.clihelp import DefaultsHelpFormatter
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _SUBCOMMANDS:
-        p = argparse.ArgumentParser(prog=f"edge-deploy {argv[0]}")
+        p = argparse.ArgumentParser(prog=f"edge-deploy {argv[0]}", formatter_class=DefaultsHelpFormatter)
         if argv[0] == "keygen":
             p.add_argument("bundle", metavar="STEM", help="writes STEM.key (private) and STEM.pub")
         else:
-            p.add_argument("bundle")
-        p.add_argument("--debug", action="store_true")
+            p.add_argument("bundle", help="bundle folder")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
         if argv[0] in ("verify", "build-engine"):
-            p.add_argument("--cache-dir", default="/var/cache/lineside" if argv[0] == "build-engine" else ".lineside-cache")
+            p.add_argument("--cache-dir", default="/var/cache/lineside" if argv[0] == "build-engine" else ".lineside-cache",
+                           help="where compiled models and engines are cached")
         if argv[0] == "verify":
-            p.add_argument("--device", default="auto")
+            p.add_argument("--device", default="auto", help="backend device for the self-test")
             p.add_argument("--key", action="append", default=[], metavar="PUB",
                            help="trusted public key: the bundle must be signed by it (repeatable)")
         if argv[0] == "build-engine":
-            p.add_argument("--dla-core", type=int)
+            p.add_argument("--dla-core", type=int, help="Jetson DLA core to build for (default: the GPU)")
             p.add_argument("--print-command", action="store_true", help="print the equivalent trtexec command")
         fn = {"verify": _verify, "inspect": _inspect, "build-engine": _build_engine, "keygen": _keygen}[argv[0]]
         a = p.parse_args(argv[1:])
     else:
         lines = "\n".join(f"  {t.name:<10} {t.summary}" for t in TARGETS.values())
-        p = argparse.ArgumentParser(prog="edge-deploy", formatter_class=argparse.RawDescriptionHelpFormatter,
+        p = argparse.ArgumentParser(prog="edge-deploy", formatter_class=DefaultsHelpFormatter,
                                     description="Build a device bundle.", epilog=f"targets:\n{lines}\n\nalso: "
                                     "edge-deploy verify|inspect|build-engine BUNDLE, edge-deploy keygen STEM")
-        p.add_argument("--target", required=True, choices=list(TARGETS))
+        p.add_argument("--target", required=True, choices=list(TARGETS), help="device family (list below)")
         p.add_argument("run", help="trained run folder")
         p.add_argument("--out", required=True, help="bundle folder to write (and OUT.tar.gz)")
-        p.add_argument("--precision", choices=["int8", "fp16", "fp32"])
+        p.add_argument("--precision", choices=["int8", "fp16", "fp32"],
+                       help="default: the target's first (int8 for every target)")
         from quantize.gate import MAX_DROP, MAX_FAR_INCREASE
 
         p.add_argument("--max-drop", type=float, default=MAX_DROP,
-                       help="INT8 gate: largest image-AUROC / AUPRO drop vs FP32 (default %(default)s)")
+                       help="INT8 gate: largest image-AUROC / AUPRO drop vs FP32")
         p.add_argument("--max-far-increase", type=float, default=MAX_FAR_INCREASE,
-                       help="INT8 gate: largest rise of the false-alarm rate at the threshold (default %(default)s)")
+                       help="INT8 gate: largest rise of the false-alarm rate at the threshold")
         p.add_argument("--sign-key", metavar="KEY", help="sign the bundle with this Ed25519 key (edge-deploy keygen)")
         p.add_argument("--bundle-version", type=int, metavar="N",
                        help="bundle version, must go up (default: UTC build time YYYYMMDDHHMMSS)")
-        p.add_argument("--debug", action="store_true")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
         a = p.parse_args(argv)
         fn = _build
     try:
