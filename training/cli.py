@@ -12,7 +12,7 @@ __all__ = ["main"]
 
 # what `edge-train fit` and the tools after it write into a run folder; --overwrite removes exactly these
 RUN_OUTPUTS = ("config.yaml", "model.pt", "checkpoint.pt", "checkpoint.tmp", "model.onnx", "model.json",
-               "train.json", "report.json", "plots", "quantized")
+               "train.json", "report.json", "plots", "quantized", "evals")
 
 
 def _cmd_synth(a: argparse.Namespace) -> int:
@@ -22,20 +22,50 @@ def _cmd_synth(a: argparse.Namespace) -> int:
                      n_structural=a.n_test, n_logical=a.n_test, seed=a.seed)
     root = write_synthetic(a.out, spec, progress=True)
     print(f"wrote synthetic MVTec LOCO dataset to {root}")
+    print(f"next: edge-train fit --data {root} --out runs/a")
     return 0
 
 
-def _report(state: Any, data: Any, out: Path) -> dict[str, Any]:
+def _bundle_thresholds(run: Path, state: Any) -> dict[str, float]:
+    """The threshold each bundle of this run uses: FP32's, and each INT8 artifact's (recalibrated) from a
+    quant.json made from the run's current model.onnx that passed its gate (a bundle uses no other)."""
+    import hashlib
+
+    found = {"fp32": float(state.threshold)}
+    onnx_path = run / "model.onnx"
+    if not onnx_path.is_file():
+        return found
+    model_sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    for q in sorted((run / "quantized").glob("*/quant.json")):
+        res = json.loads(q.read_text())
+        is_current = (res.get("source") or {}).get("model_sha256") == model_sha
+        if is_current and (res.get("gate") or {}).get("passed") and "threshold" in res:
+            found[f"int8 {q.parent.name}"] = float(res["threshold"])
+    return found
+
+
+def _report(state: Any, data: Any, out: Path, run: Path) -> dict[str, Any]:
+    """Evaluate the run on data and write out/report.json and out/plots/ (replacing what an earlier report
+    there left, so no stale plot survives)."""
+    import shutil
+
     from training.evaluate import evaluate
     from training.report import write_plots
 
     report, arrays = evaluate(state, data)
-    report = {"model": state.config.model, "dataset": str(data.root), "layout": data.layout,
+    bundle_thresholds = _bundle_thresholds(run, state)
+    report = {"model": state.config.model, "run": str(run), "dataset": str(data.root), "layout": data.layout,
               "training_data_fingerprint": state.fingerprint, **report,
+              "bundle_thresholds": bundle_thresholds,
               "false_alarm_rate_target": state.config.false_alarm_rate, "threshold_basis": _threshold_basis(state),
               "train_minutes": state.meta.get("train_minutes"), "steps_done": state.meta.get("steps_done")}
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "plots").is_dir():
+        shutil.rmtree(out / "plots")
     if arrays:
-        report["plots"] = write_plots(arrays, state.threshold, out / "plots", f"{state.config.model}")
+        others = {k.replace("int8 ", "") + " INT8": v for k, v in bundle_thresholds.items() if k != "fp32"}
+        report["plots"] = write_plots(arrays, state.threshold, out / "plots", f"{state.config.model}",
+                                      other_thresholds=others)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -66,7 +96,18 @@ def _print_report(report: dict[str, Any], out: Path) -> None:
             v = (f"{v} ({v:.1%} of {report['n_good']} good test images; "
                  f"target {report['false_alarm_rate_target']:.2%})")
         print(f"  {k:<20} {v}")
-    print(f"report: {out / 'report.json'}  plots: {out / 'plots'}")
+    int8 = {k: v for k, v in report.get("bundle_thresholds", {}).items() if k != "fp32"}
+    if int8:
+        print("  INT8 bundle thresholds " + ", ".join(f"{k.removeprefix('int8 ')} {v:.4f}" for k, v in int8.items()))
+    if "note" in report:
+        print(f"  {report['note']}")
+    print(f"report: {out / 'report.json'}" + (f"  plots: {out / 'plots'}" if report.get("plots") else ""))
+
+
+def _next_deploy(run: Path) -> str:
+    """The hint after a run is trained or evaluated: build a bundle (edge-deploy quantizes and gates INT8)."""
+    return (f"next: edge-deploy --target cpu {run} --out bundles/{run.name}   (INT8 alone first: "
+            f"edge-quantize {run} --runtime ort)")
 
 
 def _refuse_reuse(out: Path, resume: bool, overwrite: bool) -> str | None:
@@ -107,6 +148,8 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     params: dict[str, Any] = {}
     if a.teacher:
         params["teacher"] = a.teacher
+    if a.teacher_weights:
+        params["teacher_weights"] = a.teacher_weights
     if a.margin:
         params["margin"] = {"enabled": True, "mode": a.margin}
     if a.map_weights:
@@ -128,23 +171,37 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     onnx_path = export_onnx(state, out, load_images(data.val[:4], cfg.size_px))
     basis = _threshold_basis(state)
     _note_threshold_basis(out, basis)
-    report = _report(state, data, out)
+    report = _report(state, data, out, out)
     print(f"model: {onnx_path}  threshold: {state.threshold:.4f} (from {basis['n_good_images']} held-out good "
           f"images, target false alarms {cfg.false_alarm_rate:.2%})")
     if basis["warning"]:
         print(f"  warning: {basis['warning']}")
     _print_report(report, out)
+    print(_next_deploy(out))
     return 0
+
+
+def _eval_dir(run: Path, data: Path) -> Path:
+    """Where `edge-train eval` writes by default: beside the fit's report, one folder per dataset."""
+    name = data.resolve().name or "data"
+    return run / "evals" / name
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from training.data import open_dataset
     from training.loop import load_run
 
-    state = load_run(Path(a.run))
+    run = Path(a.run)
+    state = load_run(run)
     data = open_dataset(a.data, state.config.val_fraction, state.config.seed)
-    report = _report(state, data, Path(a.run))
-    _print_report(report, Path(a.run))
+    out = Path(a.out) if a.out else _eval_dir(run, Path(a.data))
+    if out.resolve() == run.resolve():
+        print(f"edge-train: error: --out {out} is the run folder; its report.json and plots/ are the fit's: "
+              "pass another folder", file=sys.stderr)
+        return 2
+    report = _report(state, data, out, run)
+    _print_report(report, out)
+    print(_next_deploy(run))
     return 0
 
 
@@ -155,50 +212,83 @@ def _cmd_export(a: argparse.Namespace) -> int:
     state = load_run(Path(a.run))
     print(f"wrote {export_onnx(state, Path(a.run))}")
     _note_threshold_basis(Path(a.run), _threshold_basis(state))
+    print(_next_deploy(Path(a.run)))
     return 0
 
 
 def _cmd_distill(a: argparse.Namespace) -> int:
     from training.distill import DistillConfig, distill_teacher
+    from training.models.efficientad import VARIANTS
 
-    cfg = DistillConfig(size=a.size, backbone=a.backbone, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+    width = a.width
+    if a.old_size is not None:
+        # `--size` meant pixels in fit and the PDN width here; it stays as a hidden alias for a while
+        print("edge-train: warning: distill-teacher --size is now --width (the PDN width); the input size in "
+              "pixels is --size-px", file=sys.stderr)
+        if width is not None and width != a.old_size:
+            print(f"edge-train: error: --width {width} and --size {a.old_size} disagree: pass --width only",
+                  file=sys.stderr)
+            return 2
+        width = a.old_size
+    width = width or "s"
+    cfg = DistillConfig(width=width, backbone=a.backbone, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                         seed=a.seed, size_px=a.size_px, pool=a.pool, workers=a.workers, max_minutes=a.max_minutes)
-    distill_teacher(cfg, Path(a.out), [Path(d) for d in a.data], resume=a.resume)
+    out = distill_teacher(cfg, Path(a.out), [Path(d) for d in a.data], resume=a.resume)
+    model = next(name for name, v in VARIANTS.items() if v.get("size") == width)
+    print(f"next: edge-train fit --data DATA --model {model} --teacher pdn --teacher-weights {out} "
+          f"--size {a.size_px} --out runs/NAME")
     return 0
 
 
+def _cfg_help(field: str, text: str | None = None) -> str:
+    """Help for a fit flag that overrides a config key: its meaning and the default it overrides."""
+    from training.config import FitConfig
+
+    f = FitConfig.model_fields[field]
+    default = "none" if f.default is None else f.default
+    return f"{text or f.description} (default: {default}, or --config's {field})"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from training.clihelp import DefaultsHelpFormatter
     from training.models import MODELS
 
-    p = argparse.ArgumentParser(prog="edge-train", description="Train teacher-student anomaly models on good images.")
+    fmt = {"formatter_class": DefaultsHelpFormatter}
+    p = argparse.ArgumentParser(prog="edge-train", description="Train teacher-student anomaly models on good images.",
+                                **fmt)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("synth", help="write a synthetic dataset (MVTec LOCO layout)")
-    s.add_argument("out")
-    s.add_argument("--size", type=int, default=256)
-    s.add_argument("--n-train", type=int, default=60)
-    s.add_argument("--n-val", type=int, default=20)
+    s = sub.add_parser("synth", help="write a synthetic dataset (MVTec LOCO layout)", **fmt)
+    s.add_argument("out", help="dataset folder to write")
+    s.add_argument("--size", type=int, default=256, help="image size in pixels")
+    s.add_argument("--n-train", type=int, default=60, help="good training images")
+    s.add_argument("--n-val", type=int, default=20, help="good validation images (they set the threshold)")
     s.add_argument("--n-test", type=int, default=30, help="good, structural and logical test images each")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the generator")
     s.set_defaults(fn=_cmd_synth)
 
-    f = sub.add_parser("fit", help="train a model on good images, calibrate, evaluate and export to ONNX")
+    f = sub.add_parser("fit", help="train a model on good images, calibrate, evaluate and export to ONNX", **fmt)
     f.add_argument("--data", required=True, help="dataset folder (plain folder, MVTec AD or MVTec LOCO layout)")
-    f.add_argument("--model", choices=sorted(MODELS), default=None)
-    f.add_argument("--teacher", choices=["lite0", "lite1", "lite2", "pdn"], default=None)
+    f.add_argument("--model", choices=sorted(MODELS), default=None, help=_cfg_help("model", "model family and variant"))
+    f.add_argument("--teacher", choices=["lite0", "lite1", "lite2", "pdn"], default=None,
+                   help="EfficientAD teacher: a frozen EfficientNet-Lite, or the distilled PDN (default: lite0)")
+    f.add_argument("--teacher-weights", metavar="PATH",
+                   help="PDN teacher weights from `edge-train distill-teacher` (default: the package's teacher of the "
+                        "model's width, training/weights/pdn_<width>_lite0.pt; s is shipped)")
     f.add_argument("--margin", choices=["truncate", "hinge"], default=None, help="enable the DFSC margin constraint")
     f.add_argument("--map-weights", type=float, nargs=3, metavar=("ST", "AE", "GAUSS"), default=None,
                    help="EfficientAD map weights; texture products without logical constraints: 1 0 2")
     f.add_argument("--config", help="YAML config; flags override it")
     f.add_argument("--out", required=True, help="run folder")
-    f.add_argument("--steps", type=int)
-    f.add_argument("--size", type=int, help="input size in pixels")
-    f.add_argument("--batch-size", type=int)
-    f.add_argument("--seed", type=int)
-    f.add_argument("--far", type=float, help="target false-alarm rate for the threshold (default 0.005)")
+    f.add_argument("--steps", type=int, help=_cfg_help("steps"))
+    f.add_argument("--size", type=int, help=_cfg_help("size_px", "input size in pixels"))
+    f.add_argument("--batch-size", type=int, help=_cfg_help("batch_size"))
+    f.add_argument("--seed", type=int, help=_cfg_help("seed"))
+    f.add_argument("--far", type=float, help=_cfg_help("false_alarm_rate", "target false-alarm rate for the threshold"))
     f.add_argument("--max-minutes", type=float,
-                   help="training time budget; the lr drop and AST's teacher/student phases are scheduled within it")
+                   help="training time budget; the lr drop and AST's teacher/student phases are scheduled within it "
+                        "(default: none, --steps decides)")
     again = f.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     again.add_argument("--overwrite", action="store_true",
@@ -207,29 +297,35 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(fn=_cmd_fit)
 
-    e = sub.add_parser("eval", help="evaluate a trained run on a labelled dataset")
-    e.add_argument("run")
-    e.add_argument("--data", required=True)
+    e = sub.add_parser("eval", help="evaluate a trained run on a dataset; writes its own report beside the fit's",
+                       **fmt)
+    e.add_argument("run", help="trained run folder")
+    e.add_argument("--data", required=True, help="dataset folder (labelled test images give metrics and plots)")
+    e.add_argument("--out", help="report folder (default: RUN/evals/<name of the --data folder>)")
     e.set_defaults(fn=_cmd_eval)
 
-    x = sub.add_parser("export", help="re-export a trained run to ONNX")
-    x.add_argument("run")
+    x = sub.add_parser("export", help="re-export a trained run to ONNX", **fmt)
+    x.add_argument("run", help="trained run folder")
     x.set_defaults(fn=_cmd_export)
 
-    d = sub.add_parser("distill-teacher", help="distil a PDN teacher from EfficientNet-Lite features")
-    d.add_argument("--out", required=True, help="weights file to write")
-    d.add_argument("--size", choices=["s", "m", "tiny"], default="s")
-    d.add_argument("--backbone", choices=["lite0", "lite1", "lite2"], default="lite0")
+    d = sub.add_parser("distill-teacher", help="distil a PDN teacher from EfficientNet-Lite features", **fmt)
+    d.add_argument("--out", required=True, help="weights file to write (and OUT.ckpt beside it for --resume)")
+    d.add_argument("--width", choices=["s", "m", "tiny"], default=None,
+                   help="PDN width: s and m as in EfficientAD (use with efficientad-s / -m), tiny for tests "
+                        "(default: s)")
+    d.add_argument("--size", dest="old_size", choices=["s", "m", "tiny"], default=None, help=argparse.SUPPRESS)
+    d.add_argument("--backbone", choices=["lite0", "lite1", "lite2"], default="lite0",
+                   help="EfficientNet-Lite whose features the PDN learns")
     d.add_argument("--data", nargs="*", default=[], help="folders of extra images (product images, photos)")
-    d.add_argument("--steps", type=int, default=60000)
-    d.add_argument("--batch-size", type=int, default=16)
-    d.add_argument("--lr", type=float, default=1e-4)
-    d.add_argument("--size-px", type=int, default=256)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--steps", type=int, default=60000, help="optimiser steps")
+    d.add_argument("--batch-size", type=int, default=16, help="images per step")
+    d.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    d.add_argument("--size-px", type=int, default=256, help="input size in pixels")
+    d.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     d.add_argument("--pool", type=int, default=2048, help="procedural/photo images generated up front (uint8 on the device)")
     d.add_argument("--workers", type=int, default=0, help="processes that generate the pool (0: one per core)")
-    d.add_argument("--max-minutes", type=float)
-    d.add_argument("--resume", action="store_true")
+    d.add_argument("--max-minutes", type=float, help="stop after this many minutes (default: none, --steps decides)")
+    d.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
     d.set_defaults(fn=_cmd_distill)
     return p
 

@@ -30,7 +30,7 @@ __all__ = ["DistillConfig", "distill_teacher"]
 
 @dataclass
 class DistillConfig:
-    size: str = "s"
+    width: str = "s"  # PDN width: s, m or tiny
     backbone: str = "lite0"
     steps: int = 60000
     batch_size: int = 16
@@ -93,8 +93,8 @@ def distill_teacher(cfg: DistillConfig, out: Path, folders: list[Path], resume: 
     """Train a PDN to regress the channel-standardised Lite target; writes out (fp16 weights) and out.ckpt."""
     from tqdm import tqdm
 
-    if cfg.size not in PDN_WIDTHS:
-        raise TrainConfigError(f"unknown PDN size {cfg.size!r}: use one of {', '.join(PDN_WIDTHS)}")
+    if cfg.width not in PDN_WIDTHS:
+        raise TrainConfigError(f"unknown PDN width {cfg.width!r}: use one of {', '.join(PDN_WIDTHS)}")
     torch.manual_seed(cfg.seed)
     # the pool is generated in worker processes before CUDA is touched (fork after CUDA init is unsafe)
     t0 = time.monotonic()
@@ -110,7 +110,7 @@ def distill_teacher(cfg: DistillConfig, out: Path, folders: list[Path], resume: 
     procedural, own = procedural.to(device), own.to(device) if own is not None else None
     grid = pdn_grid(cfg.size_px)
     target = LiteTarget(cfg.backbone, cfg.size_px, grid).to(device).eval()
-    pdn = Pdn(target.out_channels, PDN_WIDTHS[cfg.size]).to(device)
+    pdn = Pdn(target.out_channels, PDN_WIDTHS[cfg.width]).to(device)
     if cuda:
         target, pdn = target.to(memory_format=torch.channels_last), pdn.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(pdn.parameters(), lr=cfg.lr, weight_decay=1e-5)

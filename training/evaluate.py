@@ -10,6 +10,7 @@ import numpy as np
 from training.data import Dataset, load_mask
 from training.loop import RunState, load_images, score_images
 from training.metrics import aupro, auroc, rates_at_threshold
+from training.report import misses_and_false_alarms
 
 __all__ = ["evaluate"]
 
@@ -36,6 +37,10 @@ def evaluate(state: RunState, data: Dataset) -> tuple[dict[str, Any], dict[str, 
         "threshold": state.threshold,
         **{k: _r(v) for k, v in rates_at_threshold(labels, scores, state.threshold).items()},
     }
+    miss, false_alarm = misses_and_false_alarms(scores, labels, state.threshold)
+    # the images to look at first (worst.png shows some of them), most wrong first
+    report["misses"] = [str(test[i].path) for i in miss]
+    report["false_alarms"] = [str(test[i].path) for i in false_alarm]
     per_kind = {}
     for k in sorted(set(kinds[labels == 1])):
         sel = (labels == 0) | (kinds == k)

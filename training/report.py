@@ -1,5 +1,5 @@
-"""What a person reads: ROC curves, score histograms with the threshold, heatmap overlays of the worst images,
-and how far a threshold from few good images can be trusted."""
+"""What a person reads: ROC curves, score histograms with the thresholds, heatmap overlays of the misses and
+false alarms, and how far a threshold from few good images can be trusted."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from training.metrics import roc_curve
 
-__all__ = ["threshold_basis", "write_plots"]
+__all__ = ["misses_and_false_alarms", "threshold_basis", "write_plots"]
 
 
 def threshold_basis(n_good: int, far: float) -> dict[str, Any]:
@@ -32,8 +32,42 @@ def threshold_basis(n_good: int, far: float) -> dict[str, Any]:
             "false_alarm_resolution": round(resolution, 6), "good_images_needed": needed, "warning": warning}
 
 
-def write_plots(arrays: dict[str, np.ndarray], threshold: float, out: Path, title: str, n_worst: int = 6) -> list[str]:
-    """Write roc.png, histogram.png and worst.png under out/ and return their file names."""
+def misses_and_false_alarms(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the defective images scored good (misses) and the good images scored NG (false alarms) at
+    `threshold` (NG = score > threshold, as the device decides), each ordered from the most wrong."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    miss = np.flatnonzero(y & (s <= threshold))
+    false_alarm = np.flatnonzero(~y & (s > threshold))
+    return miss[np.argsort(s[miss], kind="stable")], false_alarm[np.argsort(-s[false_alarm], kind="stable")]
+
+
+def _worst_panels(scores: np.ndarray, labels: np.ndarray, threshold: float, n: int) -> tuple[list[tuple[int, str]], str]:
+    """What worst.png shows: up to n misses and false alarms (half each when both exist), or, when the threshold
+    makes no error, the closest calls (lowest-scored defects, highest-scored good images); and its heading."""
+    miss, fa = misses_and_false_alarms(scores, labels, threshold)
+    if len(miss) or len(fa):
+        k_miss = min(len(miss), max(n - len(fa), n // 2))
+        k_fa = min(len(fa), n - k_miss)
+        panels = [(int(i), "MISS") for i in miss[:k_miss]] + [(int(i), "FALSE ALARM") for i in fa[:k_fa]]
+        counts = f"{len(miss)} miss{'es' if len(miss) != 1 else ''} and {len(fa)} false alarm{'s' if len(fa) != 1 else ''}"
+        return panels, f"{counts} at threshold {threshold:.3f} (showing {len(panels)}, most wrong first)"
+    y = np.asarray(labels).astype(bool)
+    bad = np.flatnonzero(y)[np.argsort(scores[y], kind="stable")]
+    good = np.flatnonzero(~y)[np.argsort(-scores[~y], kind="stable")]
+    k_bad = min(len(bad), max(n - len(good), n // 2))
+    panels = [(int(i), "closest catch") for i in bad[:k_bad]] + [(int(i), "closest good") for i in good[:n - k_bad]]
+    return panels, f"no misses or false alarms at threshold {threshold:.3f}: the closest calls"
+
+
+def write_plots(arrays: dict[str, np.ndarray], threshold: float, out: Path, title: str, n_worst: int = 6,
+                other_thresholds: dict[str, float] | None = None) -> list[str]:
+    """Write roc.png, histogram.png and worst.png under out/ and return their file names.
+
+    Args:
+        threshold: the model's own threshold; misses and false alarms are counted at it.
+        other_thresholds: further thresholds a bundle of this run uses (e.g. {"ort INT8": 0.12}), drawn on
+            the histogram.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,6 +75,7 @@ def write_plots(arrays: dict[str, np.ndarray], threshold: float, out: Path, titl
 
     out.mkdir(parents=True, exist_ok=True)
     scores, labels, kinds = arrays["scores"], arrays["labels"], arrays["kinds"]
+    others = other_thresholds or {}
     written = []
 
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -59,34 +94,41 @@ def write_plots(arrays: dict[str, np.ndarray], threshold: float, out: Path, titl
     written.append("roc.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    bins = np.linspace(min(scores.min(), threshold), max(scores.max(), threshold), 40)
+    lines = [threshold, *others.values()]
+    bins = np.linspace(min(scores.min(), *lines), max(scores.max(), *lines), 40)
     ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="good", color="tab:green")
     for k in sorted(set(kinds[labels == 1])):
         ax.hist(scores[kinds == k], bins=bins, alpha=0.5, label=k)
     ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.3f}")
+    for (name, thr), style in zip(others.items(), [":", "-.", (0, (1, 3)), (0, (5, 2))] * 4):
+        ax.axvline(thr, color="tab:purple", ls=style, label=f"{name} bundle threshold {thr:.3f}")
     ax.set(xlabel="image score", ylabel="images", title=f"Scores - {title}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "histogram.png", dpi=110)
+    meta = {"Description": "thresholds: " + ", ".join(f"{k} {v:.6g}" for k, v in {"model": threshold, **others}.items())}
+    fig.savefig(out / "histogram.png", dpi=110, metadata=meta)
     plt.close(fig)
     written.append("histogram.png")
 
-    order = np.argsort(-scores)[:n_worst]
-    fig, axes = plt.subplots(2, len(order), figsize=(2.4 * len(order), 5), squeeze=False)
+    panels, heading = _worst_panels(scores, labels, threshold, n_worst)
+    n_cols = max(len(panels), 1)
+    fig, axes = plt.subplots(2, n_cols, figsize=(max(2.4 * n_cols, 6.0), 5.4), squeeze=False)
     vmax = max(float(arrays["maps"].max()), threshold)
-    for j, i in enumerate(order):
+    for j, (i, what) in enumerate(panels):
         img = arrays["images"][i].transpose(1, 2, 0)
         axes[0, j].imshow(img)
         if "masks" in arrays and arrays["masks"][i].any():
             axes[0, j].contour(arrays["masks"][i], levels=[0.5], colors="red", linewidths=0.8)
-        axes[0, j].set_title(f"{kinds[i]}\nscore {scores[i]:.3f}", fontsize=8)
+        axes[0, j].set_title(f"{what}: {kinds[i]}\nscore {scores[i]:.3f}", fontsize=8,
+                             color="tab:red" if what in ("MISS", "FALSE ALARM") else "k")
         axes[1, j].imshow(img)
         axes[1, j].imshow(arrays["maps"][i], cmap="jet", alpha=0.5, vmin=0, vmax=vmax)
-        for a in axes[:, j]:
-            a.axis("off")
-    fig.suptitle(f"Worst-scored test images - {title} (red: ground truth)", fontsize=9)
+    for a in axes.ravel():
+        a.axis("off")
+    fig.suptitle(f"{title} - {heading}\n(red outline: ground truth)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "worst.png", dpi=110)
+    shown = "; ".join(f"{what} {i}" for i, what in panels)
+    fig.savefig(out / "worst.png", dpi=110, metadata={"Description": f"{heading}. shown (test index): {shown}"})
     plt.close(fig)
     written.append("worst.png")
     return written

@@ -27,6 +27,8 @@ def test_fit_resume_and_report(tmp_path, tiny_data):
     assert r.returncode == 0, r.stderr
     # 6 held-out good images cannot resolve a 0.5 % false-alarm target: said in the output and both files
     assert "warning: threshold from only 6 good images" in r.stdout and "steps of 16.7%" in r.stdout
+    # and ends with the command to run next (ux: fit never said)
+    assert r.stdout.strip().splitlines()[-1].startswith(f"next: edge-deploy --target cpu {out} --out bundles/run")
     r = _run(*common, "--steps", "5", "--resume")
     assert r.returncode == 0, r.stderr
     import json
@@ -89,7 +91,7 @@ def test_distill_teacher_resumes_and_writes_a_loadable_fp16_teacher(tmp_path):
     from training.models.teachers import load_pdn_teacher
 
     out = tmp_path / "t" / "pdn_tiny.pt"
-    common = ["distill-teacher", "--out", str(out), "--size", "tiny", "--size-px", "64", "--batch-size", "2",
+    common = ["distill-teacher", "--out", str(out), "--width", "tiny", "--size-px", "64", "--batch-size", "2",
               "--pool", "8", "--workers", "1"]
     r = _run(*common, "--steps", "3")
     assert r.returncode == 0, r.stderr
@@ -104,5 +106,5 @@ def test_distill_teacher_resumes_and_writes_a_loadable_fp16_teacher(tmp_path):
 
 def test_distill_teacher_names_an_imageless_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    r = _run("distill-teacher", "--out", str(tmp_path / "t.pt"), "--size", "tiny", "--data", str(tmp_path / "empty"))
+    r = _run("distill-teacher", "--out", str(tmp_path / "t.pt"), "--width", "tiny", "--data", str(tmp_path / "empty"))
     assert r.returncode == 1 and "empty" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -58,7 +58,7 @@ def load_pdn_teacher(size: str, path: str | Path | None) -> Pdn:
     p = Path(path) if path else default_teacher_path(size)
     if not p.is_file():
         raise TrainConfigError(
-            f"PDN teacher weights not found at {p}: run `edge-train distill-teacher --size {size} --out {p}` "
+            f"PDN teacher weights not found at {p}: run `edge-train distill-teacher --width {size} --out {p}` "
             "or use the frozen backbone as teacher with --teacher lite0"
         )
     state = torch.load(p, map_location="cpu", weights_only=True)
