@@ -10,79 +10,34 @@ a second verdict. Every verdict carries the station's persisted sequence number,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import signal
 import threading
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge import __version__
-from edge.backends import Backend, create_backend
-from edge.bundle import Bundle, load_bundle, self_test
-from edge.config import CameraSource, DaemonConfig, FolderSource, MqttSource
-from edge.errors import EdgeError, FrameError, SpoolError
-from edge.imaging import decode_image, to_input
+from edge.commands import Commands
+from edge.config import CameraSource, DaemonConfig, FolderSource, MqttSource, SparkplugConfig
+from edge.errors import EdgeError, SpoolError
 from edge.metrics import Metrics
 from edge.notify import notify
-from edge.postprocess import judge
-from edge.publishers.mqtt import MqttPublisher, topic_for
+from edge.publishers import REGISTRY, Publisher
+from edge.publishers.connection import MqttConnection, default_client_id, topic_for
 from edge.queue import VerdictQueue
+from edge.scoring import LoadedModel, Scored, frame_id, load_model, score_frame
 from edge.signing import Trust
 from edge.sources.base import Frame, Source
+from edge.verdict import Latency, Verdict, iso_utc
 
-__all__ = ["Daemon", "LoadedModel", "load_model"]
+__all__ = ["Daemon", "LoadedModel", "load_model", "frame_id"]
 
 log = logging.getLogger("lineside")
-
-
-@dataclass
-class LoadedModel:
-    bundle: Bundle
-    backend: Backend
-    selftest: dict[str, Any]
-
-
-def load_model(bundle_dir: Path, device: str, cache_dir: Path, threads: int, trust: Trust | None = None) -> LoadedModel:
-    """Verify signature (when keys are trusted) and hashes, build the backend (with warm-up) and pass the golden
-    self-test, or raise BundleError."""
-    bundle = load_bundle(bundle_dir, trust)
-    backend = create_backend(bundle.runtime, bundle.artifact, device, cache_dir, threads)
-    try:
-        result = self_test(bundle, backend)
-    except EdgeError:
-        backend.close()
-        raise
-    return LoadedModel(bundle, backend, result)
-
-
-def frame_id(frame: Frame) -> str:
-    """The verdict id of a frame: the same frame (station, identity in its source, content) always gets the same."""
-    if frame.data is not None:
-        content = hashlib.sha256(frame.data).hexdigest()
-    elif frame.rgb is not None:
-        content = hashlib.sha256(np.ascontiguousarray(frame.rgb).tobytes()).hexdigest()
-    else:
-        content = hashlib.sha256((frame.error or "").encode()).hexdigest()
-    h = hashlib.sha256(f"{frame.station}\0{frame.identity}\0{content}".encode()).digest()
-    return str(uuid.UUID(bytes=h[:16], version=5))
-
-
-class ReloadCommand(BaseModel):
-    """`{"command": "reload", "id": "...", "bundle": "/opt/lineside/bundles/x"}` on <prefix>/<line>/set."""
-
-    model_config = ConfigDict(extra="forbid")
-    command: str = Field(pattern="^reload$")
-    id: str = Field(min_length=1, max_length=128)
-    bundle: str | None = Field(None, max_length=4096)
 
 
 class Daemon:
@@ -104,19 +59,41 @@ class Daemon:
                  " (unsigned: no trust.keys configured)")
         if self.model.backend.info.fallback:
             log.warning("backend fallback: %s", self.model.backend.info.fallback)
-        self.queue = VerdictQueue(cfg.state_dir / "queue.sqlite", cfg.queue.max_items, cfg.queue.max_age_s)
-        self.publisher = MqttPublisher(cfg.mqtt, self.queue)
+        self.queue = VerdictQueue(cfg.state_dir / "queue.sqlite", cfg.queue.max_items, cfg.queue.max_age_s,
+                                  consumers=[p.type for p in cfg.publishers])
+        # the daemon's own connection: status (its will says offline), commands, triggers, JSON verdicts
+        self.conn = MqttConnection(cfg.mqtt, "mqtt")
+        self.status_topic = topic_for(cfg.mqtt, None, "status")
+        self.conn.will(self.status_topic, json.dumps({"state": "offline"}), qos=1, retain=True)
+        self._status: dict[str, Any] = {"state": "starting"}
+        self.conn.on_connect(lambda: self.conn.publish(self.status_topic, json.dumps(self._status), retain=True))
+        self.connections = [self.conn]
+        self.publishers: list[Publisher] = [self._make_publisher(p) for p in cfg.publishers]
         self.heatmap_dir = cfg.state_dir / "heatmaps"
         self._inflight_file = cfg.state_dir / "inflight.json"
         self._suspect = self._read_inflight()
         self.sources: list[Source] = [self._make_source(st) for st in cfg.stations]
         self.thresholds = {st.name: st.threshold for st in cfg.stations}
         self.result_topic = topic_for(cfg.mqtt, None, "set") + "/result"
+        self.commands = Commands(cfg.commands.bundle_dir, lambda: self.trust.enforced, self._queue_reload,
+                                 lambda body: self.conn.publish(self.result_topic, json.dumps(body)))
         if cfg.commands.enabled:
-            self.publisher.subscribe(topic_for(cfg.mqtt, None, "set"), self._on_command)
+            self.conn.subscribe(topic_for(cfg.mqtt, None, "set"), self.commands.on_message)
         self.last_error: str | None = None
         self.spool_problem: str | None = None
         self._status_sent: tuple[str, tuple[str, ...]] | None = None
+
+    def _make_publisher(self, pcfg: Any) -> Publisher:
+        cls = REGISTRY[pcfg.type]
+        if isinstance(pcfg, SparkplugConfig):
+            mcfg = pcfg.broker or self.cfg.mqtt
+            cid = pcfg.broker.client_id if pcfg.broker and pcfg.broker.client_id else (
+                f"{self.cfg.mqtt.client_id or default_client_id(self.cfg.mqtt)}-spb")
+            conn = MqttConnection(mcfg, "sparkplug", client_id=cid, persistent=False)
+            self.connections.append(conn)
+            return cls("sparkplug", self.queue, conn, pcfg, [st.name for st in self.cfg.stations],  # type: ignore[call-arg]
+                       self.cfg.state_dir)
+        return cls(pcfg.type, self.queue, self.conn)
 
     def _make_source(self, st: Any) -> Source:
         src = st.source
@@ -131,17 +108,25 @@ class Daemon:
         if isinstance(src, MqttSource):
             from edge.sources.mqtt import MqttTriggerSource
 
-            return MqttTriggerSource(st.name, src, self.publisher)
+            return MqttTriggerSource(st.name, src, self.conn, self.status_topic.rsplit("/", 1)[0] + "/")
         raise EdgeError(f"station {st.name}: unknown source type {type(src).__name__}")
 
     # --- health and status ---------------------------------------------------------------------
     def problems(self) -> list[str]:
         """Why the daemon is not fully healthy; empty when it is."""
-        out = list(dict.fromkeys(p for p in (self.publisher.alive(), self.publisher.problem, self.spool_problem,
-                                             self.queue.incident, self.last_error) if p))
+        found = [self._dead(), *(p.problem for p in self.publishers), self.spool_problem, self.queue.incident,
+                 self.last_error]
         if self.model.backend.info.fallback:
-            out.append(f"backend fallback: {self.model.backend.info.fallback}")
-        return out
+            found.append(f"backend fallback: {self.model.backend.info.fallback}")
+        return list(dict.fromkeys(p for p in found if p))
+
+    def _dead(self) -> str | None:
+        """Which worker thread died or stalled, if any."""
+        for w in (*self.connections, *self.publishers):
+            dead = w.alive()
+            if dead:
+                return dead
+        return None
 
     def status(self, state: str) -> dict[str, Any]:
         m = self.model
@@ -153,14 +138,23 @@ class Daemon:
             refused, quarantined = self.queue.stat("refused"), self.queue.stat("quarantined")
         except SpoolError:
             depth = dropped = refused = quarantined = -1
-        return {"state": state, "problems": problems, "ts": time.time(), "software_version": __version__,
+        return {"state": state, "problems": problems, "ts": iso_utc(time.time()), "software_version": __version__,
                 **m.bundle.describe(),
                 "backend": {"runtime": m.backend.info.runtime, "version": m.backend.info.version,
                             "device": m.backend.info.device, "fallback": m.backend.info.fallback},
                 "selftest": m.selftest, "queue_depth": depth, "dropped_verdicts": dropped,
                 "refused_verdicts": refused, "quarantined_verdicts": quarantined,
-                "sender": self.publisher.sender_state(),
+                "publishers": {p.name: p.sender_state() for p in self.publishers},
+                "brokers": {c.name: {"connected": c.is_connected, "server": "%s:%d" % c.server,
+                                     "error": c.last_connect_error} for c in self.connections},
                 "last_error": self.last_error, "stations": [s.station for s in self.sources]}
+
+    def _set_status(self, status: dict[str, Any]) -> None:
+        """The retained status on <prefix>/<line>/status, mirrored by every publisher in its own protocol."""
+        self._status = status
+        self.conn.publish(self.status_topic, json.dumps(status), retain=True)
+        for p in self.publishers:
+            p.set_status(status)
 
     def _publish_status(self, force: bool = False) -> None:
         st = self.status("online")
@@ -169,51 +163,12 @@ class Daemon:
             if key != self._status_sent and st["problems"]:
                 log.warning("status %s: %s", st["state"], "; ".join(st["problems"]))
             self._status_sent = key
-            self.publisher.set_status(st)
+            self._set_status(st)
 
     # --- commands and reload -------------------------------------------------------------------
-    def _answer(self, cmd_id: str | None, result: str, reason: str | None = None) -> None:
-        self.publisher.publish_now(self.result_topic, {"id": cmd_id, "result": result, "reason": reason,
-                                                       "ts": time.time()})
-
-    def _on_command(self, msg: Any, ack: Callable[[], None]) -> None:
-        """Network thread: validate a remote command and queue the reload for the frame loop."""
-        ack()
-        cmd_id = None
-        try:
-            body = json.loads(msg.payload)
-            cmd_id = str(body.get("id"))[:128] if isinstance(body, dict) and body.get("id") is not None else None
-            cmd = ReloadCommand.model_validate(body)
-        except ValidationError as err:
-            e = err.errors()[0]
-            reason = f"malformed command: {'.'.join(str(x) for x in e['loc']) or 'payload'}: {e['msg']}"
-            log.warning("command on %s refused: %s", msg.topic, reason)
-            self._answer(cmd_id, "refused", reason)
-            return
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
-            reason = f"malformed command: not a JSON object ({str(err)[:120]})"
-            log.warning("command on %s refused: %s", msg.topic, reason)
-            self._answer(cmd_id, "refused", reason)
-            return
-        if msg.retain:
-            log.warning("retained command %s on %s ignored (commands must not re-apply at every connect)",
-                        cmd.id, msg.topic)
-            self._answer(cmd.id, "refused", "retained commands are ignored; publish with retain=false")
-            return
-        if not self.trust.enforced:
-            self._answer(cmd.id, "refused", "remote reload needs trust.keys in the daemon config (signed bundles)")
-            return
-        path: Path | None = None
-        if cmd.bundle is not None:
-            root = self.cfg.commands.bundle_dir
-            p = Path(cmd.bundle)
-            if root is None or not p.is_absolute() or not p.resolve().is_relative_to(root.resolve()):
-                self._answer(cmd.id, "refused", f"bundle must be a folder inside commands.bundle_dir ({root})")
-                return
-            path = p.resolve()
-        self._reload_request = (path, cmd.id)
+    def _queue_reload(self, path: Path | None, cmd_id: str | None) -> None:
+        self._reload_request = (path, cmd_id)
         self._reload.set()
-        self._answer(cmd.id, "accepted")
 
     def request_reload(self) -> None:
         self._reload_request = (None, None)
@@ -231,7 +186,7 @@ class Daemon:
             self.last_error = f"bundle update refused, keeping {self.model.bundle.digest}: {reason}"
             log.error("%s", self.last_error)
             if cmd_id:
-                self._answer(cmd_id, "failed", reason)
+                self.commands.answer(cmd_id, "failed", reason)
             self._publish_status(force=True)
             return
         old = self.model
@@ -241,7 +196,7 @@ class Daemon:
         self.last_error = None
         log.info("bundle %s swapped in (was %s)", new.bundle.digest, old.bundle.digest)
         if cmd_id:
-            self._answer(cmd_id, "applied", f"bundle {new.bundle.digest}")
+            self.commands.answer(cmd_id, "applied", f"bundle {new.bundle.digest}")
         self._publish_status(force=True)
 
     # --- poison frames -------------------------------------------------------------------------
@@ -264,57 +219,28 @@ class Daemon:
         return attempts
 
     # --- scoring -----------------------------------------------------------------------------
-    def score(self, frame: Frame, fid: str, attempts: int = 1) -> dict[str, Any]:
-        """Score one frame into a verdict dict; any per-frame fault gives outcome `error`."""
-        m = self.model
-        t0 = time.perf_counter()
-        lat: dict[str, float] = {}
-        verdict: dict[str, Any] = {
-            "id": fid, "seq": None, "station": frame.station, "line": self.cfg.mqtt.line, "frame": frame.ref,
-            "correlation_id": frame.correlation_id, "captured_at": frame.t_capture,
-            "model": m.bundle.manifest["model"]["name"], "model_version": m.bundle.manifest["model"]["version"],
-            "bundle": m.bundle.digest, "outcome": "error", "score": None, "anomaly_area": None, "bbox": None,
-            "heatmap": None, "error": None,
-        }
+    def score(self, frame: Frame, fid: str, attempts: int = 1) -> Scored:
+        """Score one frame (any per-frame fault gives outcome `error`) and save the overlay of an ng frame."""
         override = self.thresholds.get(frame.station)
-        threshold = override if override is not None else m.bundle.threshold
-        verdict["threshold"] = threshold
-        try:
-            if frame.error is not None:
-                raise FrameError(f"{frame.ref}: {frame.error}")
-            if attempts >= 2:
-                raise FrameError(f"{frame.ref}: the daemon stopped while scoring this frame at {attempts - 1} "
-                                 "earlier start(s) (decoder crash or hang); not scored again")
-            if frame.rgb is not None:
-                rgb = frame.rgb
-                if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-                    raise FrameError(f"camera frame must be uint8 HxWx3, got {rgb.dtype} {rgb.shape}")
-            else:
-                rgb = decode_image(frame.data or b"", frame.ref, self.cfg.max_pixels, m.bundle.size_px)
-            t1 = time.perf_counter()
-            x = to_input(rgb, m.bundle.size_px)
-            t2 = time.perf_counter()
-            pred = m.bundle.affine.apply(m.backend.infer(x))
-            t3 = time.perf_counter()
-            j = judge(pred, threshold)
-            lat = {"decode_ms": (t1 - t0) * 1e3, "preprocess_ms": (t2 - t1) * 1e3, "inference_ms": (t3 - t2) * 1e3}
-            verdict.update({"outcome": j.outcome, "score": round(j.score, 6), "anomaly_area": round(j.area_fraction, 6),
-                            "bbox": j.bbox})
-            if j.outcome == "ng" and self.cfg.heatmaps.enabled:
-                try:
-                    verdict["heatmap"] = self._save_heatmap(fid, rgb, pred.anomaly_map, threshold)
-                except OSError as err:  # a full disk costs the overlay, not the verdict
-                    log.warning("heatmap for %s not saved: %s", frame.ref, err)
-        except (FrameError, EdgeError) as err:
-            verdict["error"] = str(err)
-        except (RuntimeError, ValueError, MemoryError) as err:  # a runtime failing on one frame must not stop the line
-            verdict["error"] = f"scoring failed: {type(err).__name__}: {err}"
-        lat["total_ms"] = (time.perf_counter() - t0) * 1e3
-        verdict["latency"] = {k: round(v, 3) for k, v in lat.items()}
-        verdict["scored_at"] = time.time()
-        for stage, v in lat.items():
+        threshold = override if override is not None else self.model.bundle.threshold
+        r = score_frame(frame, self.model, threshold, self.cfg.max_pixels, attempts)
+        for stage, v in r.latency_ms.items():
             self.metrics.latency.labels(stage.removesuffix("_ms")).observe(v)
-        return verdict
+        return r
+
+    def verdict(self, frame: Frame, fid: str, r: Scored, heatmap: str | None) -> Verdict:
+        """The typed verdict of a scored frame (seq is filled in when it is spooled)."""
+        m = self.model.bundle
+        where = frame.final_ref("failed" if r.outcome == "error" else "done") if frame.final_ref else frame.ref
+        now = time.time()
+        return Verdict(
+            id=fid, seq=1, station=frame.station, line=self.cfg.mqtt.line, frame=where,
+            correlation_id=frame.correlation_id, outcome=r.outcome, score=r.score, threshold=r.threshold,
+            anomaly_area=r.anomaly_area, bbox=r.bbox, heatmap=heatmap, error=r.error,
+            captured_at=iso_utc(frame.t_capture), captured_unix_ms=int(frame.t_capture * 1000),
+            scored_at=iso_utc(now), scored_unix_ms=int(now * 1000), scored_monotonic_ms=time.monotonic_ns() // 10**6,
+            model=m.manifest["model"]["name"], model_version=str(m.manifest["model"]["version"]), bundle=m.digest,
+            software_version=__version__, latency=Latency(**{k: round(v, 3) for k, v in r.latency_ms.items()}))
 
     def _save_heatmap(self, vid: str, rgb: np.ndarray, amap: np.ndarray, threshold: float) -> str:
         from PIL import Image
@@ -334,7 +260,7 @@ class Daemon:
             old.unlink(missing_ok=True)
         return str(path)
 
-    def handle(self, frame: Frame) -> dict[str, Any] | None:
+    def handle(self, frame: Frame) -> Verdict | None:
         """Score and spool one frame; None if it already had a verdict (seen again after a crash).
 
         Raises SpoolError (the frame is then offered again later) when the verdict cannot be written.
@@ -352,13 +278,20 @@ class Daemon:
             raise
         self.metrics.frames.labels(frame.station).inc()
         attempts = self._mark_inflight(fid, frame.ref)
-        verdict = self.score(frame, fid, attempts)
+        r = self.score(frame, fid, attempts)
+        heatmap = None
+        if r.outcome == "ng" and self.cfg.heatmaps.enabled and r.rgb is not None and r.anomaly_map is not None:
+            try:
+                heatmap = self._save_heatmap(fid, r.rgb, r.anomaly_map, r.threshold)
+            except OSError as err:  # a full disk costs the overlay, not the verdict
+                log.warning("heatmap for %s not saved: %s", frame.ref, err)
+        verdict = self.verdict(frame, fid, r, heatmap)
         topic = frame.reply_topic or topic_for(self.cfg.mqtt, frame.station, "verdict")
         t0 = time.perf_counter()
 
         def build(seq: int) -> bytes:
-            verdict["seq"] = seq
-            return json.dumps(verdict, separators=(",", ":")).encode()
+            verdict.seq = seq
+            return verdict.to_bytes()
 
         try:
             seq = self.queue.record(fid, frame.station, topic, build)  # durable before the frame is released
@@ -371,13 +304,14 @@ class Daemon:
         except OSError:
             pass
         self._suspect = None
-        self.publisher.wake()
+        for p in self.publishers:
+            p.wake()
         self.metrics.latency.labels("publish").observe((time.perf_counter() - t0) * 1e3)
         if frame.done is not None:
-            frame.done("failed" if verdict["outcome"] == "error" else "done")
+            frame.done("failed" if verdict.outcome == "error" else "done")
         if seq is None:
             return None
-        self.metrics.verdicts.labels(frame.station, verdict["outcome"]).inc()
+        self.metrics.verdicts.labels(frame.station, verdict.outcome).inc()
         return verdict
 
     # --- main loop ---------------------------------------------------------------------------
@@ -389,8 +323,11 @@ class Daemon:
         if self.cfg.metrics.enabled:
             port = self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
             log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, port)
-        self.publisher.set_status(self.status("online"))
-        self.publisher.start()
+        self._set_status(self.status("online"))
+        for p in self.publishers:
+            p.start()
+        for c in self.connections:
+            c.start()
         notify("READY=1", f"STATUS=ready: {self.model.bundle.describe()['model']} on {self.model.backend.info.device}")
         last_frame = time.monotonic()
         last_status = 0.0
@@ -416,16 +353,16 @@ class Daemon:
                 self.spool_problem = None
                 n += 1
                 last_frame = time.monotonic()
-                if self.publisher.alive() is None:
+                if self._dead() is None:
                     notify("WATCHDOG=1")  # fed from the frame loop: a hung runtime or camera stops the pings
-                if v is not None and v["outcome"] == "error":
-                    log.warning("frame %s: error verdict: %s", f.ref, v["error"])
+                if v is not None and v.outcome == "error":
+                    log.warning("frame %s: error verdict: %s", f.ref, v.error)
                 if self._stop.is_set():
                     for rest in frames[i + 1:]:
                         if rest.done is not None:
                             rest.done("retry")
                     break
-            dead = self.publisher.alive()
+            dead = self._dead()
             if dead is not None:
                 # no more watchdog pings, and exit non-zero: systemd restarts us (Restart=on-failure) at once
                 log.critical("%s; stopping so that systemd restarts the daemon (spooled verdicts are kept)", dead)
@@ -442,7 +379,7 @@ class Daemon:
                 self._publish_status(force=True)  # keeps the retained queue_depth fresh
                 problems = self.problems()
                 notify(f"STATUS=scored {n} frames; broker "
-                       f"{'connected' if self.publisher.is_connected else 'disconnected'}"
+                       f"{'connected' if self.conn.is_connected else 'disconnected'}"
                        + (f"; DEGRADED: {'; '.join(problems)}" if problems else ""))
             if stop_after_idle_s is not None and now - last_frame > stop_after_idle_s:
                 break
@@ -458,17 +395,27 @@ class Daemon:
             self.metrics.quarantined.set(self.queue.stat("quarantined"))
         except SpoolError as err:
             self.spool_problem = str(err)
-        self.metrics.connected.set(1 if self.publisher.is_connected else 0)
+        self.metrics.connected.set(1 if self.conn.is_connected else 0)
         self.metrics.healthy.set(0 if self.problems() else 1)
 
     def shutdown(self, flush_s: float = 10.0) -> int:
         notify("STOPPING=1", "STATUS=stopping: flushing queued verdicts")
-        if self.publisher.is_connected:
-            try:
-                self.publisher.flush(flush_s)
-            except SpoolError as err:
-                log.error("%s", err)
-        self.publisher.close(self.status("stopped"))
+        end = time.monotonic() + flush_s
+        for p in self.publishers:
+            if p.conn.is_connected:
+                try:
+                    p.flush(max(0.0, end - time.monotonic()))
+                except SpoolError as err:
+                    log.error("%s", err)
+        final = self.status("stopped")
+        for p in self.publishers:
+            p.set_status(final)
+            p.stop()
+        for c in self.connections:
+            last = [m for p in self.publishers if p.conn is c for m in p.closing_messages()]
+            if c is self.conn:
+                last.append((self.status_topic, json.dumps(final), True))  # clean stop: the will is not sent
+            c.close(last)
         for s in self.sources:
             s.close()
         self.model.backend.close()

@@ -12,33 +12,44 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     from edge.errors import EdgeError
 
-    p = argparse.ArgumentParser(prog="edge-daemon", description="Score frames and publish verdicts over MQTT.")
-    p.add_argument("--config", required=True, help="YAML config")
-    p.add_argument("--check", action="store_true", help="validate config, verify and self-test the bundle, then exit")
+    p = argparse.ArgumentParser(prog="edge-daemon", description="Score frames and publish verdicts over MQTT.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML config (required unless --verdict-schema)")
+    p.add_argument("--check", action="store_true", help="verify and self-test the bundle, check the folders and "
+                   "connect to every broker, then exit (non-zero if anything would stop the real start)")
+    p.add_argument("--verdict-schema", action="store_true", help="print the verdict's JSON Schema and exit")
     p.add_argument("--exit-when-idle", type=float, metavar="S", help="stop after S seconds without frames (demos, tests)")
-    p.add_argument("--log-level", default="INFO")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--log-level", default="INFO", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     a = p.parse_args(argv)
+    if a.verdict_schema:
+        from edge.verdict import schema_text
+
+        sys.stdout.write(schema_text())
+        return 0
+    if not a.config:
+        p.error("--config is required (the daemon's YAML config, e.g. /etc/lineside/config.yaml)")
     import faulthandler
     import signal
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack to the journal
-    logging.basicConfig(level=a.log_level.upper(), stream=sys.stdout,
+    logging.basicConfig(level=a.log_level, stream=sys.stdout,
                         format="%(levelname)s %(name)s: %(message)s")  # journald adds the timestamp
-    from edge.app import Daemon, load_model
+    from edge.app import Daemon
     from edge.config import load_config
 
     try:
         cfg = load_config(a.config)
         if a.check:
-            from edge.signing import Trust
+            from edge.check import run_checks
 
-            trust = Trust.from_files(cfg.trust.keys, cfg.state_dir / "trust.json")
-            m = load_model(cfg.bundle, cfg.backend.device, cfg.cache_dir, cfg.backend.threads, trust)
-            signed = f"signed by key {m.bundle.signed_by}" if m.bundle.signed_by else "unsigned (no trust.keys)"
-            print(f"ok: bundle {m.bundle.digest} ({signed}) self-test passed on {m.backend.info.runtime} "
-                  f"{m.backend.info.device}")
-            return 0
+            ok, bad = run_checks(cfg)
+            for line in ok:
+                print(f"ok: {line}")
+            for line in bad:
+                print(f"FAILED: {line}", file=sys.stderr)
+            return 1 if bad else 0
         daemon = Daemon(cfg)
     except EdgeError as err:
         if a.debug:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.errors import ConfigError
 
-__all__ = ["DaemonConfig", "load_config", "StationConfig", "MqttConfig"]
+__all__ = ["DaemonConfig", "load_config", "StationConfig", "MqttConfig", "SparkplugConfig", "JsonPublisherConfig"]
 
 
 class _Strict(BaseModel):
@@ -60,9 +60,16 @@ class TlsConfig(_Strict):
     key: Path | None = Field(None, description="client private key")
 
 
+class BrokerAddress(_Strict):
+    host: str
+    port: int = Field(1883, ge=1, le=65535)
+
+
 class MqttConfig(_Strict):
     host: str = "localhost"
     port: int = Field(1883, ge=1, le=65535)
+    failover: list[BrokerAddress] = Field(default_factory=list, description="further brokers, tried in order when "
+                                          "the current one cannot be reached (same credentials and TLS)")
     protocol: Literal["5", "3.1.1"] = "5"
     client_id: str | None = Field(None, description="MQTT client id; default lineside-<line>-<hostname>, unique per "
                                   "box and fixed across restarts (the persistent session that keeps triggers needs it)")
@@ -82,6 +89,26 @@ class MqttConfig(_Strict):
         if self.password_env:
             return os.environ.get(self.password_env)
         return None
+
+
+class JsonPublisherConfig(_Strict):
+    type: Literal["json"] = "json"
+
+
+class SparkplugConfig(_Strict):
+    type: Literal["sparkplug"] = "sparkplug"
+    group_id: str = Field("lineside", pattern=r"^[^/+#]+$", description="Sparkplug group id")
+    edge_node_id: str | None = Field(None, pattern=r"^[^/+#]+$", description="edge node id (default: the line "
+                                     "and host name, like the MQTT client id)")
+    primary_host_id: str | None = Field(None, pattern=r"^[^/+#]+$", description="publish only while this primary "
+                                        "host application is online (spBv1.0/STATE/<id>); unset: always")
+    broker: MqttConfig | None = Field(None, description="broker for Sparkplug (default: the mqtt section's); the "
+                                      "edge node has its own connection because its will must be the NDEATH")
+    qos: Literal[0, 1] = Field(0, description="QoS of NDATA/DDATA: 0 as the specification requires; 1 lets the "
+                               "spool wait for the broker's PUBACK (outside the specification)")
+
+
+PublisherConfig = Annotated[Union[JsonPublisherConfig, SparkplugConfig], Field(discriminator="type")]
 
 
 class QueueConfig(_Strict):
@@ -129,8 +156,18 @@ class DaemonConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
     trust: TrustConfig = Field(default_factory=TrustConfig)
+    publishers: list[PublisherConfig] = Field(default_factory=lambda: [JsonPublisherConfig()], min_length=1,
+                                              description="how verdicts leave the box: json (default), sparkplug")
     stations: list[StationConfig] = Field(min_length=1)
     max_pixels: int = Field(16384 * 16384, ge=1, description="frames larger than this are refused (error verdict)")
+
+    @field_validator("publishers")
+    @classmethod
+    def _one_each(cls, v: list[Any]) -> list[Any]:
+        kinds = [p.type for p in v]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"each publisher type may appear once, got {kinds}")
+        return v
 
     @field_validator("stations")
     @classmethod

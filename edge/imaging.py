@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from edge.errors import FrameError
 
-__all__ = ["decode_image", "load_image", "load_input", "to_input", "resize_rgb", "MAX_PIXELS_DEFAULT"]
+__all__ = ["decode_image", "decode_frame", "load_image", "load_input", "to_input", "resize_rgb", "MAX_PIXELS_DEFAULT"]
 
 # A 16k x 16k frame is far beyond any line camera; bigger usually means a corrupt header.
 MAX_PIXELS_DEFAULT = 16384 * 16384
@@ -38,7 +38,13 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
 
 def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS_DEFAULT,
                  size_hint: int | None = None) -> np.ndarray:
-    """Decode encoded image bytes to an RGB uint8 HxWx3 array.
+    """Decode encoded image bytes to an RGB uint8 HxWx3 array (see decode_frame)."""
+    return decode_frame(data, source, max_pixels, size_hint)[0]
+
+
+def decode_frame(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS_DEFAULT,
+                 size_hint: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode encoded image bytes to an RGB uint8 HxWx3 array and the image's own (width, height).
 
     With size_hint (the model's input size), JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that
     still leaves at least twice that size, which is what makes 1080p frames cheap; training and the daemon
@@ -64,7 +70,7 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIX
             if size_hint is not None and img.format == "JPEG":
                 img.draft("RGB", (2 * size_hint, 2 * size_hint))
             img.load()
-            return _to_rgb_uint8(img)
+            return _to_rgb_uint8(img), (w, h)
     except FrameError:
         raise
     except UnidentifiedImageError as err:

@@ -1,5 +1,6 @@
-"""Store-and-forward spool: every verdict is written to SQLite before it is sent and deleted only after the
-broker's PUBACK accepted it. The same database records which frames already have a verdict (so a frame seen
+"""Store-and-forward spool: every verdict is written to SQLite before it is sent and deleted only after every
+publisher that needs it (its consumers: json, sparkplug, ...) had it accepted by its broker. Each consumer keeps
+its own place: a slow or offline publisher never blocks or loses another's verdicts. The same database records which frames already have a verdict (so a frame seen
 again after a crash keeps its id and sequence number) and each station's sequence counter.
 
 Why a rollback journal and not WAL: SQLite silently drops every WAL frame after one with a bad checksum, so
@@ -17,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from edge.errors import SpoolError
 
@@ -33,6 +34,7 @@ _SCHEMA = (
     " t REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS stations (station TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS stats (k TEXT PRIMARY KEY, v INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS deliveries (seq INTEGER NOT NULL, consumer TEXT NOT NULL, PRIMARY KEY (seq, consumer))",
 )
 _STATS = ("dropped", "refused", "quarantined")
 _FRAMES_KEPT = 200_000  # frame ids remembered for de-duplication (days of production at typical rates)
@@ -47,14 +49,19 @@ class Pending:
     seq: int
     topic: str
     payload: bytes
+    created: float = 0.0  # wall-clock time it was spooled
 
 
 class VerdictQueue:
     """The on-disk spool. Every method raises SpoolError (never a raw sqlite3 error) when the disk fails."""
 
-    def __init__(self, path: Path, max_items: int, max_age_s: float | None = None) -> None:
+    def __init__(self, path: Path, max_items: int, max_age_s: float | None = None,
+                 consumers: Sequence[str] = ("json",)) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        if not consumers:
+            raise ValueError("a spool needs at least one consumer")
+        self.consumers = tuple(dict.fromkeys(consumers))
         self.max_items, self.max_age_s = max_items, max_age_s
         self._lock = threading.Lock()
         self.incident: str | None = None  # what the start-up check found and did, for status and logs
@@ -63,6 +70,7 @@ class VerdictQueue:
             self._check()
         except sqlite3.DatabaseError as err:
             self._recover(err)
+        self._adopt_orphans()
 
     # --- opening, integrity, recovery ------------------------------------------------------------
     @staticmethod
@@ -79,6 +87,18 @@ class VerdictQueue:
         for k in _STATS:
             db.execute("INSERT OR IGNORE INTO stats VALUES (?, 0)", (k,))
         return db
+
+    def _adopt_orphans(self) -> None:
+        """Rows that no consumer is listed for (a spool from before consumers, or recovered) go to every consumer."""
+        def tx() -> None:
+            orphans = [r[0] for r in self._db.execute(
+                "SELECT seq FROM q WHERE seq NOT IN (SELECT seq FROM deliveries)")]
+            self._db.executemany("INSERT OR IGNORE INTO deliveries VALUES (?, ?)",
+                                 [(seq, c) for seq in orphans for c in self.consumers])
+        try:
+            self._run(tx)
+        except SpoolError as err:
+            log.error("%s", err)
 
     def _check(self) -> None:
         rows = self._db.execute("PRAGMA quick_check").fetchall()
@@ -185,8 +205,7 @@ class VerdictQueue:
             payload = build(seq)
             self._db.execute("INSERT OR REPLACE INTO stations VALUES (?, ?)", (station, seq))
             self._db.execute("INSERT INTO frames VALUES (?, ?, ?, ?)", (frame_id, station, seq, now))
-            self._db.execute("INSERT INTO q (topic, payload, created, crc) VALUES (?, ?, ?, ?)",
-                             (topic, payload, now, _crc(topic, payload)))
+            self._insert(topic, payload, now)
             dropped = self._bound(now)
             self._db.execute("COMMIT")
             if dropped:
@@ -200,12 +219,18 @@ class VerdictQueue:
         def tx() -> int:
             now = time.time()
             self._db.execute("BEGIN IMMEDIATE")
-            cur = self._db.execute("INSERT INTO q (topic, payload, created, crc) VALUES (?, ?, ?, ?)",
-                                   (topic, payload, now, _crc(topic, payload)))
+            seq = self._insert(topic, payload, now)
             self._bound(now)
             self._db.execute("COMMIT")
-            return int(cur.lastrowid or 0)
+            return seq
         return self._run(tx)  # type: ignore[return-value]
+
+    def _insert(self, topic: str, payload: bytes, now: float) -> int:
+        cur = self._db.execute("INSERT INTO q (topic, payload, created, crc) VALUES (?, ?, ?, ?)",
+                               (topic, payload, now, _crc(topic, payload)))
+        seq = int(cur.lastrowid or 0)
+        self._db.executemany("INSERT INTO deliveries VALUES (?, ?)", [(seq, c) for c in self.consumers])
+        return seq
 
     def _bound(self, now: float) -> int:
         dropped = 0
@@ -218,6 +243,7 @@ class VerdictQueue:
             ).rowcount
         if dropped:
             self._db.execute("UPDATE stats SET v = v + ? WHERE k = 'dropped'", (dropped,))
+            self._db.execute("DELETE FROM deliveries WHERE seq NOT IN (SELECT seq FROM q)")
         nf = self._db.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
         if nf > _FRAMES_KEPT * 1.1:
             self._db.execute("DELETE FROM frames WHERE rowid IN (SELECT rowid FROM frames ORDER BY t LIMIT ?)",
@@ -225,37 +251,54 @@ class VerdictQueue:
         return dropped
 
     # --- reading and acknowledging ------------------------------------------------------------------
-    def pending(self, after: int = 0, limit: int = 100) -> list[Pending]:
-        """Oldest intact messages with seq > after, in order; damaged rows are moved to quarantine."""
+    def pending(self, after: int = 0, limit: int = 100, consumer: str | None = None) -> list[Pending]:
+        """A consumer's oldest intact messages with seq > after, in order; damaged rows are moved to quarantine."""
+        who = consumer or self.consumers[0]
+
         def q() -> list[Pending]:
             out: list[Pending] = []
-            rows = self._db.execute("SELECT seq, topic, payload, crc FROM q WHERE seq > ? ORDER BY seq LIMIT ?",
-                                    (after, limit)).fetchall()
-            for seq, topic, payload, crc in rows:
+            rows = self._db.execute(
+                "SELECT q.seq, topic, payload, crc, created FROM q JOIN deliveries d ON d.seq = q.seq "
+                "AND d.consumer = ? WHERE q.seq > ? ORDER BY q.seq LIMIT ?", (who, after, limit)).fetchall()
+            for seq, topic, payload, crc, created in rows:
                 try:
                     t = topic.decode()
                     ok = crc.decode() == _crc(t, bytes(payload))
                 except (UnicodeDecodeError, AttributeError):
                     t, ok = "", False
                 if ok:
-                    out.append(Pending(int(seq), t, bytes(payload)))
+                    out.append(Pending(int(seq), t, bytes(payload), float(created)))
                     continue
                 self._db.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?)",
                                  (seq, topic, payload, "checksum mismatch", time.time()))
                 self._db.execute("DELETE FROM q WHERE seq = ?", (seq,))
+                self._db.execute("DELETE FROM deliveries WHERE seq = ?", (seq,))
                 self._db.execute("UPDATE stats SET v = v + 1 WHERE k = 'quarantined'")
                 log.error("spool row %d is damaged (checksum mismatch): quarantined, not forwarded", seq)
             return out
         return self._run(q)  # type: ignore[return-value]
 
-    def ack(self, seq: int) -> None:
-        self._run(lambda: self._db.execute("DELETE FROM q WHERE seq = ?", (seq,)))
+    def ack(self, seq: int, consumer: str | None = None) -> None:
+        """The consumer's broker accepted row seq; the row goes once no consumer needs it any more."""
+        who = consumer or self.consumers[0]
+
+        def tx() -> None:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM deliveries WHERE seq = ? AND consumer = ?", (seq, who))
+            self._db.execute("DELETE FROM q WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?)",
+                             (seq, seq))
+            self._db.execute("COMMIT")
+        self._run(tx)
 
     def count_refused(self) -> None:
         self._run(lambda: self._db.execute("UPDATE stats SET v = v + 1 WHERE k = 'refused'"))
 
-    def depth(self) -> int:
-        return int(self._run(lambda: self._db.execute("SELECT COUNT(*) FROM q").fetchone()[0]))  # type: ignore[arg-type]
+    def depth(self, consumer: str | None = None) -> int:
+        """Verdicts not yet accepted by every consumer (or by the one named)."""
+        if consumer is None:
+            return int(self._run(lambda: self._db.execute("SELECT COUNT(*) FROM q").fetchone()[0]))  # type: ignore[arg-type]
+        return int(self._run(lambda: self._db.execute(  # type: ignore[arg-type]
+            "SELECT COUNT(*) FROM deliveries WHERE consumer = ?", (consumer,)).fetchone()[0]))
 
     def stat(self, key: str) -> int:
         """A counter: dropped (bounds), refused (broker said no), quarantined (damaged rows)."""

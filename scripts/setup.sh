@@ -7,6 +7,14 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto systemd libseccomp2 >/dev/null
   fi
+  if ! command -v npm >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+fi
+# Eclipse Tahu's Sparkplug decoder: the tests judge Lineside's Sparkplug encoder with it
+if command -v npm >/dev/null && [ ! -d tests/node/node_modules/sparkplug-payload ]; then
+  npm install --prefix tests/node --no-audit --no-fund --silent >/dev/null
 fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

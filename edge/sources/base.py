@@ -34,6 +34,7 @@ class Frame:
     reply_topic: str | None = None
     error: str | None = None  # the source already knows this frame cannot be scored (too large, unreadable)
     done: Callable[[Disposition], None] | None = None  # called once the verdict is spooled (or cannot be)
+    final_ref: Callable[[Disposition], str] | None = None  # where done(how) will leave the frame (for the verdict)
 
 
 class Source(ABC):

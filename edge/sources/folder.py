@@ -53,7 +53,7 @@ class FolderSource(Source):
         self._taken.discard(p)
         if how == "retry":
             return  # left in place: offered again at the next poll
-        dest = (self.done_dir if how == "done" else self.failed_dir) / p.name
+        dest = self._dest(p, how)
         try:
             shutil.move(str(p), str(dest))
         except FileNotFoundError:
@@ -62,6 +62,9 @@ class FolderSource(Source):
             self._stuck[p] = stat
             log.error("station %s: cannot move %s to %s (%s); its verdict is spooled and it will not be scored "
                       "again; check the folder's permissions", self.station, p.name, dest.parent, err.strerror)
+
+    def _dest(self, p: Path, how: Disposition) -> Path:
+        return (self.done_dir if how == "done" else self.failed_dir) / p.name
 
     def poll(self) -> list[Frame]:
         entries = []
@@ -105,7 +108,8 @@ class FolderSource(Source):
             del self._seen[p]
             self._taken.add(p)
             frames.append(Frame(self.station, str(p), identity=f"file:{p.name}:{mtime}", data=data,
-                                t_capture=mtime / 1e9, done=lambda how, p=p, key=key: self._finish(p, how, key)))
+                                t_capture=mtime / 1e9, done=lambda how, p=p, key=key: self._finish(p, how, key),
+                                final_ref=lambda how, p=p: str(self._dest(p, how))))
         for p in list(self._seen):
             if p not in present:
                 del self._seen[p]

@@ -1,6 +1,6 @@
 """MQTT trigger source: a message on the trigger topic is an image, or JSON {"id": ..., "path": ...} naming an
 image file under `path_root`. A trigger is acknowledged to the broker only after its verdict is spooled; with
-the persistent session (edge/publishers/mqtt.py) the broker redelivers it if the daemon dies first."""
+the persistent session (edge/publishers/connection.py) the broker redelivers it if the daemon dies first."""
 
 from __future__ import annotations
 
@@ -14,19 +14,20 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 
 from edge.config import MqttSource as MqttSourceConfig
-from edge.publishers.mqtt import MqttPublisher
+from edge.publishers.connection import MqttConnection
 from edge.sources.base import Disposition, Frame, Source
 
 __all__ = ["MqttTriggerSource"]
 
 
 class MqttTriggerSource(Source):
-    def __init__(self, station: str, cfg: MqttSourceConfig, publisher: MqttPublisher) -> None:
+    def __init__(self, station: str, cfg: MqttSourceConfig, conn: MqttConnection, reply_prefix: str) -> None:
+        """reply_prefix: the line's own topics (<prefix>/<line>/); an MQTT 5 ResponseTopic must stay inside it."""
         self.station = station
         self.cfg = cfg
-        self._reply_prefix = publisher.status_topic.rsplit("/", 1)[0] + "/"
+        self._reply_prefix = reply_prefix
         self._q: queue.Queue[tuple[mqtt.MQTTMessage, Callable[[], None]]] = queue.Queue()
-        publisher.subscribe(cfg.topic, self._on_message)
+        conn.subscribe(cfg.topic, self._on_message)
 
     def _on_message(self, msg: mqtt.MQTTMessage, ack: Callable[[], None]) -> None:
         # network thread: only hand over; reading files and decoding happen in the frame loop

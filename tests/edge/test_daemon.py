@@ -1,5 +1,6 @@
 """The daemon end to end against a real mosquitto: verdicts, bad frames, outages, kills, sd_notify, tampering."""
 
+import json
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -52,6 +54,11 @@ def test_verdicts_and_bad_frames(broker, bundle, tiny_data, tmp_path):
     assert set(by_frame["zero.png"]) == set(v)  # the same keys on every outcome
     assert sorted(x["seq"] for x in sub.verdicts) == list(range(1, 8))  # one gap-free sequence per station
     assert set(v["latency"]) == {"decode_ms", "preprocess_ms", "inference_ms", "total_ms"}
+    schema = json.loads((Path(__file__).resolve().parents[2] / "docs" / "verdict.schema.json").read_text())
+    for x in sub.verdicts:  # what plant integrators are given, checked by a validator we did not write
+        jsonschema.validate(x, schema)
+        assert Path(x["frame"]).is_file() and Path(x["frame"]).parent.name in ("done", "failed")  # where it is now
+        assert x["scored_at"].endswith("Z") and x["scored_unix_ms"] >= x["captured_unix_ms"] - 1
     assert any(s.get("state") == "stopped" for s in sub.status)
     assert sorted(p.name for p in (inbox / "failed").iterdir()) == ["notes.txt", "trunc.jpg", "zero.png"]
 
@@ -155,3 +162,27 @@ def test_config_errors_name_the_key(tmp_path):
     p.write_text(yaml.safe_dump({"bundle": "b", "stations": [{"name": "s", "source": {"type": "webcam"}}]}))
     with pytest.raises(ConfigError, match="stations.0.source"):
         load_config(p)
+
+
+def test_check_names_an_unreachable_broker_and_a_missing_folder(bundle, tmp_path):
+    cfg = edge_config(tmp_path, bundle, {"port": 1}, source={"type": "folder", "path": str(tmp_path / "nowhere")})
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "--config", str(cfg), "--check"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1, r.stdout  # was: "ok", then the real start exited
+    assert "self-test passed" in r.stdout
+    assert "127.0.0.1:1 cannot be reached" in r.stderr and "nowhere does not exist" in r.stderr
+
+
+def test_verdict_schema_in_docs_is_the_models():
+    from edge.verdict import schema_text
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "verdict.schema.json"
+    assert doc.read_text() == schema_text(), "regenerate: edge-daemon --verdict-schema > docs/verdict.schema.json"
+
+
+def test_bbox_is_in_the_frames_own_pixels():
+    from edge.scoring import _to_frame_pixels
+
+    # a defect in map cells 10..20 of a 64-cell map on a 1920x1080 frame
+    assert _to_frame_pixels((10, 10, 20, 20), (64, 64), (1920, 1080)) == [300, 168, 600, 338]
+    assert _to_frame_pixels((0, 0, 64, 64), (64, 64), (1920, 1080)) == [0, 0, 1920, 1080]

@@ -314,7 +314,7 @@ def test_a_frame_seen_again_after_a_crash_keeps_its_one_verdict(signed, tiny_dat
     assert d2.handle(again) is None  # same frame: no second verdict, no second id
     assert (inbox / "done" / "part.png").is_file()
     rows = d2.queue.pending()
-    assert len(rows) == 1 and json.loads(rows[0].payload)["id"] == first["id"]
+    assert len(rows) == 1 and json.loads(rows[0].payload)["id"] == first.id
     assert json.loads(rows[0].payload)["seq"] == 1
 
 
@@ -345,7 +345,7 @@ def test_a_frame_in_flight_at_two_starts_is_poison(signed, tiny_data, tmp_path):
     d.queue.close()
     d = _daemon(tmp_path, signed)  # the start after a crash while scoring it
     v = d.handle(d.sources[0].poll()[0])
-    assert v["outcome"] == "error" and "not scored again" in v["error"]
+    assert v.outcome == "error" and "not scored again" in v.error
     assert (inbox / "failed" / "part.png").is_file()
 
 
@@ -418,7 +418,7 @@ def test_broken_sender_stops_the_watchdog_and_the_daemon(broker, signed, tmp_pat
 
 def test_default_client_id_is_unique_per_box():
     from edge.config import MqttConfig
-    from edge.publishers.mqtt import default_client_id
+    from edge.publishers.connection import default_client_id
 
     cid = default_client_id(MqttConfig())
     assert cid.startswith("lineside-line1-") and len(cid) > len("lineside-line1-")

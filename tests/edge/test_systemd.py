@@ -84,8 +84,8 @@ def test_launcher_applies_the_filter(seccomp, tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("old", [False, True], ids=["unit", "old-kill-filter"])
-def test_check_under_unit_seccomp(seccomp, bundle, tmp_path, old):
-    cfg = edge_config(tmp_path, bundle, {"port": 1})
+def test_check_under_unit_seccomp(seccomp, broker, bundle, tmp_path, old):
+    cfg = edge_config(tmp_path, bundle, {"port": broker.port})
     unit = _old_unit(tmp_path) if old else UNIT
     r = subprocess.run(_under(unit, sys.executable, "-m", "edge.cli", "--config", str(cfg), "--check"),
                        capture_output=True, text=True, timeout=300)
@@ -93,7 +93,7 @@ def test_check_under_unit_seccomp(seccomp, bundle, tmp_path, old):
         assert r.returncode == -signal.SIGSYS, r.stdout + r.stderr
     else:
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "self-test passed" in r.stdout
+        assert "self-test passed" in r.stdout and f"broker 127.0.0.1:{broker.port} accepted" in r.stdout
 
 
 @pytest.mark.integration
