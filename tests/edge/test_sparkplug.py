@@ -261,3 +261,33 @@ def test_failover_and_an_offline_sparkplug_broker_never_block_json(bundle, tiny_
             x.stop()
     _check_session(msgs)
     assert sum(1 for m in msgs if _kind(m) == "DDATA") == 6
+
+
+def test_nothing_is_published_until_the_primary_host_is_online(broker, bundle, tiny_data, tmp_path):
+    rec = Recorder(broker.port)
+    p = start_daemon(_config(tmp_path, bundle, broker.port, sparkplug={"primary_host_id": "scada"}))
+    try:
+        _frames(tiny_data, tmp_path / "inbox", 2)
+        time.sleep(8)  # scored and spooled meanwhile
+        assert rec.count("NBIRTH") == 0 and rec.count("DDATA") == 0
+        state = "spBv1.0/STATE/scada"
+        rec.client.publish(state, json.dumps({"online": True, "timestamp": int(time.time() * 1000)}), qos=1,
+                           retain=True)
+        assert wait_for(lambda: rec.count("DDATA") >= 2, 60)
+        rec.client.publish(state, json.dumps({"online": False, "timestamp": int(time.time() * 1000) + 1}), qos=1,
+                           retain=True)
+        time.sleep(1)
+        _frames(tiny_data, tmp_path / "inbox", 1, start=2)
+        time.sleep(5)
+        assert rec.count("DDATA") == 2  # host offline: the verdict waits in the spool
+        rec.client.publish(state, json.dumps({"online": True, "timestamp": int(time.time() * 1000) + 2}), qos=1,
+                           retain=True)
+        assert wait_for(lambda: rec.count("DDATA") >= 3 and rec.count("NBIRTH") >= 2, 60)
+    finally:
+        stop_daemon(p)
+    msgs = rec.decode()
+    rec.close()
+    _check_session(msgs)
+    data = [m for m in msgs if _kind(m) == "DDATA"]
+    # spooled before the birth that followed the host's return: history, never live
+    assert all(x.get("isHistorical") for m in (data[0], data[1], data[2]) for x in m["payload"]["metrics"])
