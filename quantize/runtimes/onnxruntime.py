@@ -40,7 +40,10 @@ def quantize_qdq(fp32: Path, out: Path, reader: CalibrationReader, method: str =
     # min/max merge exactly across strides, histograms are merged by ORT's collector
     extra = {"CalibMovingAverage": False, "CalibStridedMinMax": calibration_stride(len(reader))}
     if symmetric:
-        extra.update({"ActivationSymmetric": True, "WeightSymmetric": True})
+        # TensorRT's ONNX parser takes only int8 into DequantizeLinear ("only activation types allowed as input to
+        # this layer", onnx/onnx-tensorrt#850, microsoft/onnxruntime#14229): ORT's default int32 bias Q/DQ would
+        # make the Jetson engine build fail, so biases stay float and TensorRT fuses them itself
+        extra.update({"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
     exclude = _expand(pre, exclude or [])
