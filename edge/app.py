@@ -12,23 +12,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from edge import __version__
 from edge.commands import Commands
 from edge.config import CameraSource, DaemonConfig, FolderSource, MqttSource, SparkplugConfig
 from edge.errors import EdgeError, SpoolError
+from edge.heatmaps import save_overlay
 from edge.metrics import Metrics
 from edge.notify import notify
+from edge.poison import PoisonGuard
 from edge.publishers import REGISTRY, Publisher
-from edge.publishers.connection import MqttConnection, default_client_id, topic_for
+from edge.connection import MqttConnection, default_client_id, topic_for
 from edge.queue import VerdictQueue
 from edge.scoring import LoadedModel, Scored, frame_id, load_model, score_frame
 from edge.signing import Trust
@@ -70,8 +70,7 @@ class Daemon:
         self.connections = [self.conn]
         self.publishers: list[Publisher] = [self._make_publisher(p) for p in cfg.publishers]
         self.heatmap_dir = cfg.state_dir / "heatmaps"
-        self._inflight_file = cfg.state_dir / "inflight.json"
-        self._suspect = self._read_inflight()
+        self.poison = PoisonGuard(cfg.state_dir / "inflight.json")
         self.sources: list[Source] = [self._make_source(st) for st in cfg.stations]
         self.thresholds = {st.name: st.threshold for st in cfg.stations}
         self.result_topic = topic_for(cfg.mqtt, None, "set") + "/result"
@@ -199,25 +198,6 @@ class Daemon:
             self.commands.answer(cmd_id, "applied", f"bundle {new.bundle.digest}")
         self._publish_status(force=True)
 
-    # --- poison frames -------------------------------------------------------------------------
-    def _read_inflight(self) -> tuple[str, int] | None:
-        try:
-            d = json.loads(self._inflight_file.read_text())
-            return str(d["id"]), int(d["attempts"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def _mark_inflight(self, fid: str, ref: str) -> int:
-        """Note the frame being scored; returns how many starts it has been in flight at (1 = first try)."""
-        attempts = self._suspect[1] + 1 if self._suspect and self._suspect[0] == fid else 1
-        tmp = self._inflight_file.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps({"id": fid, "ref": ref, "attempts": attempts}))
-            os.replace(tmp, self._inflight_file)
-        except OSError:
-            pass  # disk full: the spool write reports it; this note only guards against poison frames
-        return attempts
-
     # --- scoring -----------------------------------------------------------------------------
     def score(self, frame: Frame, fid: str, attempts: int = 1) -> Scored:
         """Score one frame (any per-frame fault gives outcome `error`) and save the overlay of an ng frame."""
@@ -242,24 +222,6 @@ class Daemon:
             model=m.manifest["model"]["name"], model_version=str(m.manifest["model"]["version"]), bundle=m.digest,
             software_version=__version__, latency=Latency(**{k: round(v, 3) for k, v in r.latency_ms.items()}))
 
-    def _save_heatmap(self, vid: str, rgb: np.ndarray, amap: np.ndarray, threshold: float) -> str:
-        from PIL import Image
-
-        self.heatmap_dir.mkdir(parents=True, exist_ok=True)
-        h, w = rgb.shape[:2]
-        norm = np.clip(amap / max(threshold * 2, 1e-6), 0, 1)
-        heat = Image.fromarray((norm * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)
-        red = np.zeros((h, w, 3), np.uint8)
-        red[..., 0] = np.asarray(heat)
-        alpha = (np.asarray(heat, dtype=np.float32)[..., None] / 255.0) * 0.6
-        over = (rgb * (1 - alpha) + red * alpha).astype(np.uint8)
-        path = self.heatmap_dir / f"{vid}.png"
-        Image.fromarray(over).save(path)
-        files = sorted(self.heatmap_dir.glob("*.png"), key=lambda p: p.stat().st_mtime)
-        for old in files[: max(0, len(files) - self.cfg.heatmaps.max_files)]:
-            old.unlink(missing_ok=True)
-        return str(path)
-
     def handle(self, frame: Frame) -> Verdict | None:
         """Score and spool one frame; None if it already had a verdict (seen again after a crash).
 
@@ -277,12 +239,13 @@ class Daemon:
                 frame.done("retry")
             raise
         self.metrics.frames.labels(frame.station).inc()
-        attempts = self._mark_inflight(fid, frame.ref)
+        attempts = self.poison.begin(fid, frame.ref)
         r = self.score(frame, fid, attempts)
         heatmap = None
         if r.outcome == "ng" and self.cfg.heatmaps.enabled and r.rgb is not None and r.anomaly_map is not None:
             try:
-                heatmap = self._save_heatmap(fid, r.rgb, r.anomaly_map, r.threshold)
+                heatmap = save_overlay(self.heatmap_dir, fid, r.rgb, r.anomaly_map, r.threshold,
+                                       self.cfg.heatmaps.max_files)
             except OSError as err:  # a full disk costs the overlay, not the verdict
                 log.warning("heatmap for %s not saved: %s", frame.ref, err)
         verdict = self.verdict(frame, fid, r, heatmap)
@@ -299,11 +262,7 @@ class Daemon:
             if frame.done is not None:
                 frame.done("retry")
             raise
-        try:
-            self._inflight_file.unlink(missing_ok=True)
-        except OSError:
-            pass
-        self._suspect = None
+        self.poison.end()
         for p in self.publishers:
             p.wake()
         self.metrics.latency.labels("publish").observe((time.perf_counter() - t0) * 1e3)

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar
 
 from edge.errors import SpoolError
-from edge.publishers.connection import MqttConnection
+from edge.connection import MqttConnection
 from edge.queue import Pending, VerdictQueue
 
 __all__ = ["Publisher", "register", "REGISTRY"]

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from edge.config import SparkplugConfig
 from edge.publishers.base import Publisher, register
-from edge.publishers.connection import MqttConnection
+from edge.connection import MqttConnection
 from edge.publishers.sparkplug_pb import DataType, Payload
 from edge.queue import Pending, VerdictQueue
 from edge.verdict import Verdict

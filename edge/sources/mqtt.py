@@ -14,7 +14,7 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 
 from edge.config import MqttSource as MqttSourceConfig
-from edge.publishers.connection import MqttConnection
+from edge.connection import MqttConnection
 from edge.sources.base import Disposition, Frame, Source
 
 __all__ = ["MqttTriggerSource"]

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import Mosquitto
 from edge.bundle import load_bundle
-from edge.errors import BundleError, SpoolError, TrustError
+from edge.errors import SpoolError, TrustError
 from edge.queue import VerdictQueue
 from edge.signing import Trust, generate_key, load_private_key, sign_manifest
 from edge_helpers import Subscriber, edge_config, start_daemon, stop_daemon, wait_for
@@ -418,7 +418,7 @@ def test_broken_sender_stops_the_watchdog_and_the_daemon(broker, signed, tmp_pat
 
 def test_default_client_id_is_unique_per_box():
     from edge.config import MqttConfig
-    from edge.publishers.connection import default_client_id
+    from edge.connection import default_client_id
 
     cid = default_client_id(MqttConfig())
     assert cid.startswith("lineside-line1-") and len(cid) > len("lineside-line1-")
