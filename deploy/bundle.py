@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from deploy.targets import Target
-from edge.backends import create_backend
+from edge.backends import backend_class, create_backend
 from edge.bundle import CONTRACT_VERSION, SCHEMA_VERSION, sha256_file
 
 __all__ = ["build_bundle", "unit_file", "measure_latency", "install_steps", "DEVICE_ROOT", "default_bundle_version"]
@@ -118,6 +118,8 @@ def build_bundle(run: Path, target: Target, runtime: str, precision: str, artifa
         shutil.copy2(a, out / a.name)
         if a.suffix == ".xml":
             shutil.copy2(a.with_suffix(".bin"), out / a.with_suffix(".bin").name)
+    # device needs checked now, on the build machine (e.g. the NPU's static shapes), and recorded for inspection
+    requirements = backend_class(runtime).bundle_requirements(out / primary.name, int(meta["size_px"]), target.device)
     golden = _golden(runtime, out / primary.name, golden_inputs, out, precision)
     (out / "config.yaml").write_text(yaml.safe_dump(default_config(target, runtime, meta, sign_key is not None),
                                                     sort_keys=False))
@@ -143,6 +145,7 @@ def build_bundle(run: Path, target: Target, runtime: str, precision: str, artifa
         "training_data_fingerprint": meta["training_data_fingerprint"],
         "quantization": {k: quant[k] for k in ("gate", "calibration") if k in quant} if quant else None,
         "golden": golden,
+        "device_requirements": requirements,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "tool_version": tool_version,
     }

@@ -209,6 +209,12 @@ def _inspect(a: argparse.Namespace) -> int:
         g = q["gate"]
         rows.append(("INT8 gate", f"AUROC drop {g['image_auroc_drop']}, spearman {g['spearman_scores']}, "
                                   f"{'passed' if g['passed'] else 'FAILED'}"))
+    req = m.get("device_requirements")
+    if req:
+        shapes = ", ".join(f"{k} {v}" for k, v in req["static_shapes"].items())
+        rows += [("device", req["device"]), ("static shapes", shapes),
+                 ("blob cache", f"{req['compiled_blob_cache']['layout']} (per runtime, device and driver version)"),
+                 ("fallback", f"{req['fallback']['device']}: {req['fallback']['reported']}")]
     for k, v in rows:
         print(f"{k:<18} {v}")
     print("files:")

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from edge.backends.base import BACKENDS, Backend, Prediction, create_backend
+from edge.backends.base import BACKENDS, Backend, Prediction, backend_class, create_backend
 
-__all__ = ["BACKENDS", "Backend", "Prediction", "create_backend"]
+__all__ = ["BACKENDS", "Backend", "Prediction", "backend_class", "create_backend"]

@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.errors import BackendUnavailable
 
-__all__ = ["Backend", "Prediction", "BACKENDS", "create_backend"]
+__all__ = ["BACKENDS", "Backend", "Prediction", "backend_class", "create_backend"]
 
 
 @dataclass
@@ -57,6 +57,12 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources."""
 
+    @classmethod
+    def bundle_requirements(cls, artifact: Path, size_px: int, device: str) -> dict[str, Any] | None:
+        """What a device needs from the bundle, checked when it is built and recorded in its manifest
+        (`device_requirements`); None when there is nothing beyond the I/O contract. Raises BundleError."""
+        return None
+
 
 # runtime name -> module path; modules import their vendor runtime only when instantiated
 BACKENDS: dict[str, str] = {
@@ -67,11 +73,15 @@ BACKENDS: dict[str, str] = {
 }
 
 
+def backend_class(runtime: str) -> type[Backend]:
+    """The backend class for a runtime name (imports its module, not its vendor runtime)."""
+    if runtime not in BACKENDS:
+        raise BackendUnavailable(f"runtime '{runtime}' unknown; valid runtimes: {', '.join(BACKENDS)}")
+    cls: type[Backend] = importlib.import_module(BACKENDS[runtime]).BACKEND
+    return cls
+
+
 def create_backend(runtime: str, model_path: Path, device: str = "auto", cache_dir: Path | None = None,
                    threads: int = 0) -> Backend:
     """Instantiate the backend for a runtime name; BackendUnavailable names the extra to install."""
-    if runtime not in BACKENDS:
-        raise BackendUnavailable(f"runtime '{runtime}' unknown; valid runtimes: {', '.join(BACKENDS)}")
-    module = importlib.import_module(BACKENDS[runtime])
-    cls: type[Backend] = module.BACKEND
-    return cls(model_path, device, cache_dir, threads)
+    return backend_class(runtime)(model_path, device, cache_dir, threads)
