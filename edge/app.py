@@ -22,7 +22,7 @@ from typing import Any
 from edge import __version__
 from edge.commands import Commands
 from edge.config import CameraSource, DaemonConfig, FolderSource, MqttSource, SparkplugConfig
-from edge.errors import EdgeError, SpoolError
+from edge.errors import EdgeError, SourceError, SpoolError
 from edge.heatmaps import save_overlay
 from edge.metrics import Metrics
 from edge.notify import notify
@@ -80,6 +80,7 @@ class Daemon:
             self.conn.subscribe(topic_for(cfg.mqtt, None, "set"), self.commands.on_message)
         self.last_error: str | None = None
         self.spool_problem: str | None = None
+        self.stations_down: dict[str, str] = {}
         self._status_sent: tuple[str, tuple[str, ...]] | None = None
 
     def _make_publisher(self, pcfg: Any) -> Publisher:
@@ -114,7 +115,7 @@ class Daemon:
     def problems(self) -> list[str]:
         """Why the daemon is not fully healthy; empty when it is."""
         found = [self._dead(), *(p.problem for p in self.publishers), self.spool_problem, self.queue.incident,
-                 self.last_error]
+                 self.last_error, *(f"station {k} down: {v}" for k, v in self.stations_down.items())]
         if self.model.backend.info.fallback:
             found.append(f"backend fallback: {self.model.backend.info.fallback}")
         return list(dict.fromkeys(p for p in found if p))
@@ -295,7 +296,7 @@ class Daemon:
         while not self._stop.is_set():
             if self._reload.is_set():
                 self._do_reload()
-            frames = [f for s in self.sources for f in s.poll()]
+            frames = self._poll()
             for i, f in enumerate(frames):
                 try:
                     v = self.handle(f)
@@ -345,6 +346,26 @@ class Daemon:
             if not frames:
                 time.sleep(0.02)
         return self.shutdown()
+
+    def _poll(self) -> list[Frame]:
+        """New frames of every station; a failing source marks its station down (others go on) until it recovers."""
+        frames: list[Frame] = []
+        for s in self.sources:
+            try:
+                frames += s.poll()
+            except (SourceError, OSError) as err:
+                if s.station not in self.stations_down:
+                    self.stations_down[s.station] = str(err)
+                    log.error("station %s is down: %s; retrying", s.station, err)
+                    for p in self.publishers:
+                        p.station_down(s.station, str(err))
+                continue
+            if s.station in self.stations_down:
+                del self.stations_down[s.station]
+                log.info("station %s is back", s.station)
+                for p in self.publishers:
+                    p.station_up(s.station)
+        return frames
 
     def _gauges(self) -> None:
         try:

@@ -79,7 +79,10 @@ class Publisher(ABC):
         """Mirror the daemon's status in this protocol (the JSON status topic is the daemon's own)."""
 
     def station_down(self, station: str, reason: str) -> None:  # noqa: B027 - optional hook
-        """A station's source failed."""
+        """A station's source failed (the daemon retries it)."""
+
+    def station_up(self, station: str) -> None:  # noqa: B027 - optional hook
+        """A failed station's source works again."""
 
     def closing_messages(self) -> list[tuple[str, bytes | str, bool]]:
         """Messages to publish just before a clean disconnect (topic, payload, retain)."""

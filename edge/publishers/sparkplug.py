@@ -103,6 +103,8 @@ class SparkplugPublisher(Publisher):
         self._status_sent: tuple[str, str] | None = None
         self._birth_props: tuple[str, ...] | None = None
         self._last: dict[str, dict[str, Any]] = {s: {} for s in self.stations}
+        self._down: set[str] = set()  # stations whose source failed: DDEATH sent, no DBIRTH until they are back
+        self._device_news: dict[str, str] = {}  # station -> "DDEATH" | "DBIRTH", sent by the sender thread
         # aliases: node metrics 1.., then a block per station
         names = ["bdSeq", REBIRTH, *NODE_METRICS]
         self._node_alias = {n: i + 1 for i, n in enumerate(names)}
@@ -191,6 +193,19 @@ class SparkplugPublisher(Publisher):
         self._host_online = online
         self.wake()
 
+    # --- stations (frame loop) ------------------------------------------------------------------------
+    def station_down(self, station: str, reason: str) -> None:
+        if station in self._dev_alias:
+            self._down.add(station)
+            self._device_news[station] = "DDEATH"
+            self.wake()
+
+    def station_up(self, station: str) -> None:
+        if station in self._dev_alias:
+            self._down.discard(station)
+            self._device_news[station] = "DBIRTH"
+            self.wake()
+
     # --- status from the daemon ---------------------------------------------------------------------
     def set_status(self, status: dict[str, Any]) -> None:
         self._status = status
@@ -221,8 +236,15 @@ class SparkplugPublisher(Publisher):
                 if not self._births():
                     self._birth_needed = True
                     return False
-            elif self._status_values() != self._status_sent:
-                self._ndata_status()
+            else:
+                if self._status_values() != self._status_sent:
+                    self._ndata_status()
+                for station, kind in list(self._device_news.items()):
+                    del self._device_news[station]
+                    if kind == "DDEATH":
+                        self._ddeath(station)
+                    else:
+                        self._dbirth(station, _now_ms())
         return True
 
     def _births(self) -> bool:
@@ -240,16 +262,25 @@ class SparkplugPublisher(Publisher):
         if not self.conn.publish(self.t_nbirth, p.SerializeToString(), qos=0):
             return False
         self._status_sent = (state, problems)
+        self._device_news.clear()
         for station in self.stations:
-            d = Payload(timestamp=now, seq=self._next_seq())
-            values = self._device_values(station, self._last[station])
-            for name, dtype in DEVICE_METRICS.items():
-                _metric(d, name, self._dev_alias[station][name], dtype, values[name], now)
-            if not self.conn.publish(self._dtopic("DBIRTH", station), d.SerializeToString(), qos=0):
+            if station not in self._down and not self._dbirth(station, now):
                 return False
         log.info("sparkplug: NBIRTH bdSeq %d and %d DBIRTH(s) published as %s", self.bdseq, len(self.stations),
                  self.node)
         return True
+
+    def _dbirth(self, station: str, now: int) -> bool:
+        d = Payload(timestamp=now, seq=self._next_seq())
+        values = self._device_values(station, self._last[station])
+        for name, dtype in DEVICE_METRICS.items():
+            _metric(d, name, self._dev_alias[station][name], dtype, values[name], now)
+        return self.conn.publish(self._dtopic("DBIRTH", station), d.SerializeToString(), qos=0)
+
+    def _ddeath(self, station: str) -> None:
+        d = Payload(timestamp=_now_ms(), seq=self._next_seq())
+        self.conn.publish(self._dtopic("DDEATH", station), d.SerializeToString(), qos=0)
+        log.info("sparkplug: DDEATH for station %s", station)
 
     def _ndata_status(self) -> None:
         state, problems = self._status_values()

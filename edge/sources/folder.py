@@ -55,6 +55,7 @@ class FolderSource(Source):
             return  # left in place: offered again at the next poll
         dest = self._dest(p, how)
         try:
+            dest.parent.mkdir(parents=True, exist_ok=True)  # gone with the share it lives on, then back
             shutil.move(str(p), str(dest))
         except FileNotFoundError:
             pass  # removed by someone else: the verdict is already spooled

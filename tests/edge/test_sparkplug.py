@@ -107,7 +107,7 @@ def _check_session(msgs: list[dict[str, Any]]) -> None:
     born: dict[str, set[int]] = {}
     for m in msgs:
         kind = _kind(m)
-        if kind in ("NDEATH", "DDEATH", "NCMD", "DCMD"):
+        if kind in ("NDEATH", "NCMD", "DCMD"):
             continue
         if kind == "NBIRTH":
             assert m["payload"]["seq"] == 0
@@ -120,6 +120,8 @@ def _check_session(msgs: list[dict[str, Any]]) -> None:
         if kind == "DBIRTH":
             born[station] = {x["alias"] for x in m["payload"]["metrics"]}
             assert {x["name"] for x in m["payload"]["metrics"]} == set(DEVICE_METRICS)
+        elif kind == "DDEATH":
+            born.pop(station, None)
         elif kind == "DDATA":
             aliases = {x["alias"] for x in m["payload"]["metrics"]}
             assert aliases <= born[station], "DDATA metric without a DBIRTH"
@@ -291,3 +293,27 @@ def test_nothing_is_published_until_the_primary_host_is_online(broker, bundle, t
     data = [m for m in msgs if _kind(m) == "DDATA"]
     # spooled before the birth that followed the host's return: history, never live
     assert all(x.get("isHistorical") for m in (data[0], data[1], data[2]) for x in m["payload"]["metrics"])
+
+
+def test_a_failed_source_gives_ddeath_and_degraded_status_then_dbirth_when_back(broker, bundle, tiny_data, tmp_path):
+    rec = Recorder(broker.port)
+    sub = Subscriber(broker.port)
+    inbox = tmp_path / "inbox"
+    p = start_daemon(_config(tmp_path, bundle, broker.port))
+    try:
+        assert wait_for(lambda: rec.count("DBIRTH") >= 1, 90)
+        shutil.rmtree(inbox)  # the camera share goes away
+        assert wait_for(lambda: rec.count("DDEATH") >= 1, 30)
+        assert wait_for(lambda: any(s.get("state") == "degraded" and any("station s1 down" in x for x in s["problems"])
+                                    for s in sub.status), 30)
+        inbox.mkdir()
+        assert wait_for(lambda: rec.count("DBIRTH") >= 2, 30)
+        _frames(tiny_data, inbox, 1)
+        assert wait_for(lambda: rec.count("DDATA") >= 1, 60)
+        assert p.poll() is None  # the daemon kept running (it used to die with a traceback)
+    finally:
+        stop_daemon(p)
+    msgs = rec.decode()
+    rec.close()
+    sub.close()
+    _check_session(msgs)  # DDEATH and the new DBIRTH take their place in the seq; DDATA only after the DBIRTH
