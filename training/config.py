@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -32,6 +32,10 @@ class FitConfig(BaseModel):
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     device: str = Field("auto", description="cpu, cuda or auto")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="training arithmetic: auto = bf16 autocast with channels-last on CPUs with bf16 "
+        "matrix units (AMX / AVX-512-BF16) for families that allow it, fp32 elsewhere; calibration, the threshold "
+        "and the exported model are always fp32")
 
 
 def load_fit_config(path: str | Path | None, overrides: dict[str, Any]) -> FitConfig:

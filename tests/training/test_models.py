@@ -285,3 +285,24 @@ def test_global_consistency_standardises_its_target_and_maps_on_the_grid():
     odd[:, :, 1, 2] += 10 * g.std.view(1, 5)
     diff = g(torch.zeros(6, 3, 64, 64), odd) - g(torch.zeros(6, 3, 64, 64), feats)
     assert int(diff.mean(0)[0].flatten().argmax()) == 1 * 4 + 2
+
+
+def test_bf16_training_exports_an_fp32_model_and_auto_picks_by_family_and_hardware(tiny_data, tmp_path):
+    from training.config import FitConfig
+    from training.data import open_dataset
+    from training.export import export_onnx
+    from training.loop import cpu_has_bf16, fit, load_images, training_precision
+
+    cfg = FitConfig(model="efficientad-tiny", size_px=64, steps=3, batch_size=2, precision="bf16")
+    data = open_dataset(tiny_data)
+    state = fit(cfg, data, tmp_path, progress=False)
+    assert json.loads((tmp_path / "train.json").read_text())["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in state.model.parameters())  # autocast: weights stay fp32
+    assert all(p.is_contiguous() for p in state.model.parameters())  # channels-last undone before calibration
+    export_onnx(state, tmp_path, load_images(data.test[-2:], 64))  # raises unless ORT matches torch
+    cpu = torch.device("cpu")
+    auto = FitConfig(model="efficientad-tiny")
+    assert training_precision(auto, build_model("efficientad-tiny", {}, 64, 0), cpu) == (
+        "bf16" if cpu_has_bf16() else "fp32")
+    assert training_precision(auto, build_model("ast-tiny", {}, 64, 0), cpu) == "fp32"  # not checked for AST
+    assert training_precision(FitConfig(precision="fp32"), build_model("efficientad-tiny", {}, 64, 0), cpu) == "fp32"

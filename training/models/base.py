@@ -51,6 +51,8 @@ class AnomalyModel(nn.Module, ABC):
 
     family: ClassVar[str]
     Params: ClassVar[type[FamilyParams]]
+    # bf16 training was checked against fp32 for this family (equal AUROC per step): precision=auto may use it
+    bf16_ok: ClassVar[bool] = False
 
     def __init__(self, size_px: int, n_maps: int, params: FamilyParams) -> None:
         super().__init__()

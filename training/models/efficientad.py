@@ -121,6 +121,7 @@ def _jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 @register
 class EfficientAd(AnomalyModel):
     family = "efficientad"
+    bf16_ok = True  # bench.train_speed: same AUROC per step in bf16 + channels-last (docs/benchmarks.md)
     Params = EfficientAdParams
 
     def __init__(self, params: EfficientAdParams, size_px: int, seed: int = 0) -> None:
