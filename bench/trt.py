@@ -126,7 +126,7 @@ def compare(got: np.ndarray, ref: np.ndarray, got_maps: np.ndarray, ref_maps: np
 
 
 def _inputs(bundle: Any, images: Path) -> tuple[list[str], list[np.ndarray], np.ndarray]:
-    from edge.imaging import load_input
+    from edge.contract import load_input
 
     g = np.load(bundle.root / bundle.manifest["golden"]["inputs"])
     names = [f"golden:{k}" for k in sorted(g)]

@@ -16,7 +16,8 @@ import yaml
 
 from deploy.targets import Target
 from edge.backends import backend_class, create_backend
-from edge.bundle import CONTRACT_VERSION, SCHEMA_VERSION, sha256_file
+from edge.bundle import SCHEMA_VERSION, sha256_file
+from edge.contract import CONTRACT_VERSION, read_model_card
 
 __all__ = ["build_bundle", "unit_file", "measure_latency", "install_steps", "DEVICE_ROOT", "default_bundle_version"]
 
@@ -85,7 +86,7 @@ def install_steps(archive: str, top: str, root: str = DEVICE_ROOT, key: str | No
 TRUSTED_KEY = "/etc/lineside/bundle-signing.pub"
 
 
-def default_config(target: Target, runtime: str, meta: dict[str, Any], signed: bool = False) -> dict[str, Any]:
+def default_config(target: Target, runtime: str, signed: bool = False) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "bundle": f"{DEVICE_ROOT}/bundles/current",
         "state_dir": "/var/lib/lineside",
@@ -110,7 +111,7 @@ def build_bundle(run: Path, target: Target, runtime: str, precision: str, artifa
     from edge.signing import sign_manifest
 
     version = bundle_version or default_bundle_version()
-    meta = json.loads((run / "model.json").read_text())
+    card = read_model_card(run)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -119,9 +120,9 @@ def build_bundle(run: Path, target: Target, runtime: str, precision: str, artifa
         if a.suffix == ".xml":
             shutil.copy2(a.with_suffix(".bin"), out / a.with_suffix(".bin").name)
     # device needs checked now, on the build machine (e.g. the NPU's static shapes), and recorded for inspection
-    requirements = backend_class(runtime).bundle_requirements(out / primary.name, int(meta["size_px"]), target.device)
+    requirements = backend_class(runtime).bundle_requirements(out / primary.name, card.size_px, target.device)
     golden = _golden(runtime, out / primary.name, golden_inputs, out, precision)
-    (out / "config.yaml").write_text(yaml.safe_dump(default_config(target, runtime, meta, sign_key is not None),
+    (out / "config.yaml").write_text(yaml.safe_dump(default_config(target, runtime, sign_key is not None),
                                                     sort_keys=False))
     shutil.copy2(unit_file(), out / "lineside.service")
     from training import __version__ as tool_version
@@ -130,19 +131,19 @@ def build_bundle(run: Path, target: Target, runtime: str, precision: str, artifa
         "schema_version": SCHEMA_VERSION,
         "contract_version": CONTRACT_VERSION,
         "bundle_version": version,
-        "model": {"family": meta["family"], "name": meta["model"], "variant": meta.get("variant"),
-                  "version": meta.get("created", "")},
-        "input": {"size_px": meta["size_px"], "colour_order": "RGB", "range": [0, 1], "layout": "NCHW",
+        "model": {"family": card.family, "name": card.model, "variant": getattr(card, "variant", None),
+                  "version": card.created},
+        "input": {"size_px": card.size_px, "colour_order": "RGB", "range": [0, 1], "layout": "NCHW",
                   "resize": "bilinear"},
-        "threshold": quant["threshold"] if quant else meta["threshold"],
+        "threshold": quant["threshold"] if quant else card.threshold,
         "output_affine": quant["output_affine"] if quant else {"scale": 1.0, "offset": 0.0},
-        "normalisation": meta["normalisation"],
+        "normalisation": card.normalisation.model_dump(),
         "precision": precision,
         "target": target.name,
         "runtime": runtime,
         "min_runtime_version": target.min_runtime_version,
         "artifact": primary.name,
-        "training_data_fingerprint": meta["training_data_fingerprint"],
+        "training_data_fingerprint": card.training_data_fingerprint,
         "quantization": {k: quant[k] for k in ("gate", "calibration") if k in quant} if quant else None,
         "golden": golden,
         "device_requirements": requirements,

@@ -47,25 +47,28 @@ def _build(a: argparse.Namespace) -> int:
     from deploy.bundle import build_bundle, measure_latency
     from quantize.errors import GateFailed
     from training.loop import load_images  # noqa: F401 - the build runs on a workstation with training installed
-    from edge.imaging import load_input
+    from edge.contract import load_input, read_model_card
+    from edge.errors import EdgeError
 
     target: Target = TARGETS[a.target]
     run = Path(a.run)
     precision = a.precision or target.precisions[0]
     if precision not in target.precisions:
         raise SystemExit(f"edge-deploy: error: target {target.name} supports precisions {', '.join(target.precisions)}, not {precision}")
-    meta_path = run / "model.json"
-    if not meta_path.is_file():
+    if not (run / "model.json").is_file():
         raise SystemExit(f"edge-deploy: error: {run}: no model.json; train with `edge-train fit --out {run}` first")
-    meta = json.loads(meta_path.read_text())
-    k = int(meta["normalisation"].get("score_k", 1))
+    try:
+        card = read_model_card(run)
+    except EdgeError as err:
+        raise SystemExit(f"edge-deploy: error: {err}") from err
+    k = card.normalisation.score_k
     if target.name == "jetson" and k > TRT_MAX_TOPK:
         raise SystemExit(f"edge-deploy: error: the score averages the top {k} map pixels, TensorRT {target.min_runtime_version} "
                          f"allows TopK k <= {TRT_MAX_TOPK}; retrain with a smaller params.score_top or input size")
     from training.data import open_dataset
 
-    data = open_dataset(meta["dataset"])
-    golden = [load_input(s.path, int(meta["size_px"])) for s in (data.val[:2] + [t for t in data.test if t.label][:2])]
+    data = open_dataset(card.dataset)
+    golden = [load_input(s.path, card.size_px) for s in (data.val[:2] + [t for t in data.test if t.label][:2])]
     quant = None
     runtime = target.runtime
     measured: dict[str, float] = {}

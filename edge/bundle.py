@@ -18,14 +18,14 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from edge.backends.base import Backend
+from edge.contract import CONTRACT_VERSION
 from edge.errors import BundleError
 from edge.postprocess import OutputAffine
 from edge.signing import Trust
 
-__all__ = ["SCHEMA_VERSION", "CONTRACT_VERSION", "Bundle", "load_bundle", "sha256_file", "self_test"]
+__all__ = ["SCHEMA_VERSION", "Bundle", "load_bundle", "sha256_file", "self_test"]
 
 SCHEMA_VERSION = 1
-CONTRACT_VERSION = 1
 
 
 def sha256_file(path: Path) -> str:

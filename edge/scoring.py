@@ -15,7 +15,7 @@ import numpy as np
 from edge.backends import Backend, create_backend
 from edge.bundle import Bundle, load_bundle, self_test
 from edge.errors import EdgeError, FrameError
-from edge.imaging import decode_frame, to_input
+from edge.contract import decode_frame, to_input
 from edge.postprocess import judge
 from edge.signing import Trust
 from edge.sources.base import Frame

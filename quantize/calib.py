@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from edge.imaging import load_image, load_input, to_input
+from edge.contract import ModelCard, load_image, load_input, to_input
 from quantize.errors import QuantizeError
 
 if TYPE_CHECKING:
@@ -84,13 +84,13 @@ def _paste_defects(goods: list[np.ndarray], size: int, seed: int) -> tuple[list[
     return out, np.stack(masks)
 
 
-def _open(meta: dict, calib_dir: Path | None, max_calib: int, seed: int) -> tuple[Dataset, list[Path]]:
+def _open(card: ModelCard, calib_dir: Path | None, max_calib: int, seed: int) -> tuple[Dataset, list[Path]]:
     """The run's dataset and the calibration image paths (a seeded pick of at most max_calib)."""
     from training.data import list_images, open_dataset
 
-    if not meta.get("dataset"):
+    if not card.dataset:
         raise QuantizeError("run metadata names no dataset: pass --data DIR")
-    data = open_dataset(meta["dataset"], seed=seed)
+    data = open_dataset(card.dataset, seed=seed)
     if calib_dir is not None:
         calib_paths = list_images(calib_dir)
         if not calib_paths:
@@ -102,12 +102,12 @@ def _open(meta: dict, calib_dir: Path | None, max_calib: int, seed: int) -> tupl
     return data, [calib_paths[i] for i in pick]
 
 
-def images_fingerprint(meta: dict, calib_dir: Path | None, max_calib: int = 64, seed: int = 0) -> str:
+def images_fingerprint(card: ModelCard, calib_dir: Path | None, max_calib: int = 64, seed: int = 0) -> str:
     """SHA-256 over the path and contents of every image (and mask) build_sets would read.
 
     Recorded in quant.json, so an INT8 artifact is reused only while its calibration and gate images are the same.
     """
-    data, calib_paths = _open(meta, calib_dir, max_calib, seed)
+    data, calib_paths = _open(card, calib_dir, max_calib, seed)
     h = hashlib.sha256()
     files = [("calib", p) for p in calib_paths] + [("val", s.path) for s in data.val]
     files += [(f"test{s.label}", p) for s in data.test for p in (s.path, *s.masks)]
@@ -116,7 +116,7 @@ def images_fingerprint(meta: dict, calib_dir: Path | None, max_calib: int = 64, 
     return h.hexdigest()
 
 
-def build_sets(meta: dict, calib_dir: Path | None, max_calib: int = 64, seed: int = 0) -> tuple[CalibrationReader, list[np.ndarray], GateSet]:
+def build_sets(card: ModelCard, calib_dir: Path | None, max_calib: int = 64, seed: int = 0) -> tuple[CalibrationReader, list[np.ndarray], GateSet]:
     """Calibration reader (train good images or calib_dir), recalibration inputs (held-out good) and gate set.
 
     The gate set is the labelled test set when the dataset has one; otherwise held-out good images plus
@@ -124,8 +124,8 @@ def build_sets(meta: dict, calib_dir: Path | None, max_calib: int = 64, seed: in
     """
     from training.data import load_mask
 
-    size = int(meta["size_px"])
-    data, calib_paths = _open(meta, calib_dir, max_calib, seed)
+    size = card.size_px
+    data, calib_paths = _open(card, calib_dir, max_calib, seed)
     calib = CalibrationReader([load_input(p, size) for p in calib_paths])
     held_out = [load_input(s.path, size) for s in data.val]
     if any(s.label == 1 for s in data.test):

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from quantize.gate import MAX_DROP, MAX_FAR_INCREASE
+from edge.contract import read_model_card
 
 __all__ = ["RUNTIMES", "build_parser", "main", "quantize_run"]
 
@@ -134,12 +135,11 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
     from training.report import threshold_basis
 
     fp32 = run / "model.onnx"
-    meta_path = run / "model.json"
-    if not fp32.is_file() or not meta_path.is_file():
+    if not fp32.is_file() or not (run / "model.json").is_file():
         raise QuantizeError(f"{run}: model.onnx/model.json missing; train with `edge-train fit --out {run}` first")
-    meta = json.loads(meta_path.read_text())
+    card = read_model_card(run)
     if data_dir is not None:
-        meta["dataset"] = str(data_dir)
+        card = card.model_copy(update={"dataset": str(data_dir)})
     source = expected_source(run, runtime, device=device, max_drop=max_drop, max_far_increase=max_far_increase,
                              max_calib=max_calib, min_spearman=min_spearman, calib_dir=calib_dir,
                              data_dir=data_dir)
@@ -147,9 +147,9 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     print(f"[1/4] reading good images for calibration ({runtime})", flush=True)
-    calib, held_out, gate = build_sets(meta, calib_dir, max_calib)
-    size = int(meta["size_px"])
-    far = float(meta.get("false_alarm_rate_target", 0.005))
+    calib, held_out, gate = build_sets(card, calib_dir, max_calib)
+    size = card.size_px
+    far = card.false_alarm_rate_target
 
     if runtime == "litert":
         from quantize.runtimes.litert import convert_litert
@@ -208,7 +208,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
     q_good = q_good_raw * affine.scale + affine.offset
     thr_int8 = threshold_at_far(q_good, far)
     basis = threshold_basis(len(held_out), far)
-    thr_fp32 = float(meta["threshold"])
+    thr_fp32 = card.threshold
 
     print(f"[4/4] accuracy gate on {gate.origin} ({len(gate.labels)} images)", flush=True)
     fm, fs = score_all("onnxruntime", fp32, gate.inputs)
@@ -216,7 +216,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
     qm, qs = qm * affine.scale + affine.offset, qs * affine.scale + affine.offset
     rep = gate_report(gate.labels, gate.masks, (fm, fs), (qm, qs), thr_fp32, thr_int8, max_drop, max_far_increase)
     rep["gate_set"] = gate.origin
-    plot_scores(fs, qs, gate.labels, thr_fp32, thr_int8, out / "gate.png", f"{meta['model']} {runtime} INT8 vs FP32", rep)
+    plot_scores(fs, qs, gate.labels, thr_fp32, thr_int8, out / "gate.png", f"{card.model} {runtime} INT8 vs FP32", rep)
     result = {
         "runtime": runtime, "artifact": artifact.name, "precision": "int8", "device": device,
         "threshold": thr_int8, "threshold_fp32": thr_fp32, "threshold_basis": basis,

@@ -6,9 +6,9 @@ quant.json records it under `source`; edge-deploy reuses an artifact only while 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
+from edge.contract import read_model_card
 
 __all__ = ["artifact_sha256", "expected_source", "file_sha256", "stale_reason"]
 
@@ -38,21 +38,21 @@ def expected_source(run: Path, runtime: str, *, device: str, max_drop: float, ma
     from quantize.calib import images_fingerprint
     from quantize.cli import SELECTION_STRENGTHS, SENSITIVITY_BOUNDS_DB
 
-    meta = json.loads((run / "model.json").read_text())
+    card = read_model_card(run)
     if data_dir is not None:
-        meta["dataset"] = str(data_dir)
+        card = card.model_copy(update={"dataset": str(data_dir)})
     settings = {
         "runtime": runtime, "device": device, "max_drop": max_drop, "max_far_increase": max_far_increase,
         "min_spearman": min_spearman, "max_calib": max_calib, "calib_dir": str(calib_dir) if calib_dir else None,
-        "false_alarm_rate_target": float(meta.get("false_alarm_rate_target", 0.005)),
-        "threshold_fp32": float(meta["threshold"]),
+        "false_alarm_rate_target": card.false_alarm_rate_target,
+        "threshold_fp32": card.threshold,
         "selection_strengths": list(SELECTION_STRENGTHS), "sensitivity_bounds_db": list(SENSITIVITY_BOUNDS_DB),
     }
     if runtime == "tensorrt":
         # graphs made with int32 bias Q/DQ (before this key) cannot be parsed by TensorRT: re-made once
         settings["qdq_bias"] = "float"
     return {"model_sha256": file_sha256(run / "model.onnx"),
-            "images_sha256": images_fingerprint(meta, calib_dir, max_calib), "settings": settings}
+            "images_sha256": images_fingerprint(card, calib_dir, max_calib), "settings": settings}
 
 
 def stale_reason(recorded: dict[str, Any], qdir: Path, expected: dict[str, Any]) -> str | None:

@@ -7,7 +7,6 @@ Contract v1: input `image` float32 [1,3,S,S] RGB in [0,1]; outputs `anomaly_map`
 from __future__ import annotations
 
 import datetime as dt
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.contract import INPUT_NAME, OUTPUT_NAMES, ModelCard, Normalisation, input_spec, output_spec
 from training import __version__
 from training.errors import ExportError
 from training.loop import RunState
 
-__all__ = ["export_onnx", "CONTRACT_VERSION", "OPSET", "check_parity", "metadata"]
+__all__ = ["export_onnx", "OPSET", "check_parity", "metadata"]
 
-CONTRACT_VERSION = 1
 OPSET = 17
 
 
@@ -59,27 +58,25 @@ def check_parity(onnx_path: Path, model: nn.Module, images: torch.Tensor, tol: f
     return {"max_abs_diff_map": worst_map, "max_abs_diff_score": worst_score}
 
 
-def metadata(state: RunState) -> dict[str, Any]:
+def metadata(state: RunState) -> ModelCard:
+    """The run's model card (model.json), the typed hand-off quantize and deploy read."""
     m = state.model
-    return {
-        "contract_version": CONTRACT_VERSION,
+    return ModelCard(
         **m.describe(),
-        "model": state.config.model,
-        "input": {"name": "image", "dtype": "float32", "shape": [1, 3, m.size_px, m.size_px],
-                  "colour_order": "RGB", "range": [0.0, 1.0], "resize": "bilinear"},
-        "outputs": {"anomaly_map": {"dtype": "float32", "shape": [1, 1, m.size_px, m.size_px]},
-                    "score": {"dtype": "float32", "shape": [1]}},
-        "size_px": m.size_px,
-        "threshold": state.threshold,
-        "false_alarm_rate_target": state.config.false_alarm_rate,
-        "normalisation": {"q_lo": m.q_lo.tolist(), "q_hi": m.q_hi.tolist(), "map_weight": m.map_weight.tolist(),
-                          "score_pool": m.score_pool, "score_k": m.score_k},
-        "training_data_fingerprint": state.fingerprint,
-        "dataset": state.meta.get("dataset"),
-        "lineside_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "opset": OPSET,
-    }
+        model=state.config.model,
+        input=input_spec(m.size_px),
+        outputs=output_spec(m.size_px),
+        size_px=m.size_px,
+        threshold=state.threshold,
+        false_alarm_rate_target=state.config.false_alarm_rate,
+        normalisation=Normalisation(q_lo=m.q_lo.tolist(), q_hi=m.q_hi.tolist(), map_weight=m.map_weight.tolist(),
+                                    score_pool=m.score_pool, score_k=m.score_k),
+        training_data_fingerprint=state.fingerprint,
+        dataset=state.meta.get("dataset"),
+        lineside_version=__version__,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        opset=OPSET,
+    )
 
 
 def export_onnx(state: RunState, out_dir: Path, parity_images: torch.Tensor | None = None) -> Path:
@@ -93,7 +90,7 @@ def export_onnx(state: RunState, out_dir: Path, parity_images: torch.Tensor | No
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about constant shapes: the shape is static by contract
         torch.onnx.export(
-            _Contract(model).eval(), (x,), str(path), input_names=["image"], output_names=["anomaly_map", "score"],
+            _Contract(model).eval(), (x,), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
             opset_version=OPSET, dynamo=False, do_constant_folding=True,
         )
     proto = _static_outputs(onnx.load(str(path)), s)
@@ -102,9 +99,9 @@ def export_onnx(state: RunState, out_dir: Path, parity_images: torch.Tensor | No
     _check_contract(proto, s, path)
     imgs = parity_images if parity_images is not None else x
     parity = check_parity(path, model, imgs[:4])
-    meta = metadata(state)
-    meta["parity"] = parity
-    (out_dir / "model.json").write_text(json.dumps(meta, indent=2))
+    card = metadata(state)
+    card.parity = parity  # type: ignore[attr-defined] - an extra field: the parity measured at export
+    card.write(out_dir / "model.json")
     return path
 
 

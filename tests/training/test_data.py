@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from edge.errors import FrameError
-from edge.imaging import decode_image, load_image
+from edge.contract import decode_image, load_image
 from training.data import load_mask, open_dataset
 from training.errors import DatasetError
 from training.synth import SynthSpec, write_synthetic
