@@ -25,8 +25,9 @@ class FolderSource(_Strict):
     done_dir: Path | None = Field(None, description="move scored files here (default: delete nothing, keep in place)")
     failed_dir: Path | None = Field(None, description="move files that gave an error verdict here")
     poll_s: float = Field(0.1, gt=0, description="polling interval")
-    settle_s: float = Field(0.2, ge=0, description="a file is taken once its size and mtime are unchanged this long "
-                            "(or write to a dot-file and rename it: renamed files are complete at once)")
+    settle_s: float = Field(0.2, ge=0, description="a file without an end marker (TIFF, BMP) is taken once its size "
+                            "and mtime are unchanged this long; a PNG/JPEG is taken as soon as it ends with its end "
+                            "marker (best of all: write to a dot-file, then rename it)")
     incomplete_wait_s: float = Field(30.0, ge=0, description="a PNG/JPEG without its end marker is waited for this "
                                      "long (a camera still writing) before it is scored as an error")
 

@@ -21,13 +21,15 @@ __all__ = ["FolderSource"]
 log = logging.getLogger(__name__)
 
 
-def _complete(data: bytes) -> bool:
-    """False for a PNG or JPEG whose end marker is missing (still being written); True otherwise."""
+def _ended(data: bytes) -> bool | None:
+    """Whether a PNG or JPEG ends with its end marker (IEND chunk / EOI), i.e. its writer has finished; None for
+    formats without one (TIFF, BMP), which are judged by a stable size instead."""
+    body = data.rstrip(b"\0")  # some cameras pad to a block size
     if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return data.rstrip(b"\0")[-8:-4] == b"IEND"
+        return body[-8:-4] == b"IEND"
     if data[:2] == b"\xff\xd8":
-        return b"\xff\xd9" in data[-64:]
-    return True
+        return body[-2:] == b"\xff\xd9"
+    return None
 
 
 class FolderSource(Source):
@@ -45,7 +47,8 @@ class FolderSource(Source):
         except OSError as err:
             raise SourceError(f"station {station}: cannot create {err.filename}: {err.strerror}; "
                               "create done/ and failed/ writable by the daemon") from err
-        self._seen: dict[Path, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, first seen unchanged)
+        # path -> (size, mtime_ns, first seen with this size and mtime, ends with its end marker?)
+        self._seen: dict[Path, tuple[int, int, float, bool | None]] = {}
         self._taken: set[Path] = set()
         self._stuck: dict[Path, tuple[int, int]] = {}  # could not be moved: skipped until it changes
 
@@ -93,18 +96,21 @@ class FolderSource(Source):
             present.add(p)
             prev = self._seen.get(p)
             if prev is None or prev[:2] != key:
-                self._seen[p] = (*key, now)  # new or still changing: look again later
-                if self.cfg.settle_s > 0:
-                    continue
-                prev = self._seen[p]
+                prev = self._seen[p] = (*key, now, None)  # new, or changed since the last look
+            elif prev[3] is False and now - prev[2] < self.cfg.incomplete_wait_s:
+                continue  # unchanged and still without its end marker: no need to read it again yet
             waited = now - prev[2]
-            if waited < self.cfg.settle_s:
-                continue
             try:
                 data = p.read_bytes()
             except OSError:
                 continue
-            if not _complete(data) and waited < self.cfg.incomplete_wait_s:
+            if len(data) != key[0]:
+                continue  # it grew while we read it
+            ended = _ended(data)
+            self._seen[p] = (*prev[:3], ended)
+            if ended is None and waited < self.cfg.settle_s:
+                continue  # no end marker to go by: taken once its size and mtime have been stable settle_s
+            if ended is False and waited < self.cfg.incomplete_wait_s:
                 continue  # a camera still writing: its end marker is not there yet
             del self._seen[p]
             self._taken.add(p)
