@@ -20,7 +20,9 @@ from edge.postprocess import judge
 from edge.signing import Trust
 from edge.sources.base import Frame
 
-__all__ = ["LoadedModel", "load_model", "frame_id", "Scored", "score_frame"]
+__all__ = ["LoadedModel", "load_model", "frame_id", "Scored", "score_frame", "POISON_AFTER"]
+
+POISON_AFTER = 2  # daemon deaths while scoring the same frame before it gets an error verdict instead
 
 
 @dataclass
@@ -79,12 +81,13 @@ def _to_frame_pixels(bbox: tuple[int, int, int, int], map_hw: tuple[int, int], f
 
 
 def score_frame(frame: Frame, model: LoadedModel, threshold: float, max_pixels: int, attempts: int = 1) -> Scored:
-    """Decode, run and judge one frame. attempts >= 2 means the daemon died on it before: it is not run again."""
+    """Decode, run and judge one frame. attempts is the start this frame is tried at: the daemon died while scoring
+    it at every earlier one; one death may be unrelated (kill, power, watchdog), two make it a poison frame."""
     t0 = time.perf_counter()
     try:
         if frame.error is not None:
             raise FrameError(f"{frame.ref}: {frame.error}")
-        if attempts >= 2:
+        if attempts >= POISON_AFTER + 1:
             raise FrameError(f"{frame.ref}: the daemon stopped while scoring this frame at {attempts - 1} "
                              "earlier start(s) (decoder crash or hang); not scored again")
         if frame.rgb is not None:
