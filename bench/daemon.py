@@ -42,8 +42,8 @@ def _jpegs(src_dir: Path, n: int = 8) -> list[bytes]:
 class _Receiver:
     """The plant side: JSON verdicts, or Sparkplug DDATA (aliases resolved from the DBIRTH), timed on arrival."""
 
-    def __init__(self, port: int, mode: str) -> None:
-        self.port, self.mode = port, mode
+    def __init__(self, port: int, mode: str, client_id: str) -> None:
+        self.port, self.mode, self.client_id = port, mode, client_id
         self.got: dict[str, tuple[float, dict]] = {}
         self.lock = threading.Lock()
         self.alias: dict[int, str] = {}
@@ -71,17 +71,15 @@ class _Receiver:
             self.got.setdefault(key, (now, rec))
 
     def _connect(self) -> mqtt.Client:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{time.time_ns()}")
+        # a persistent session on a persistent broker, as a plant's SCADA client has: the broker keeps the
+        # subscription and queues verdicts across its own restart, so nothing depends on who reconnects first
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False)
         topic = "lineside/+/+/verdict" if self.mode == "json" else "spBv1.0/#"
         c.on_connect = lambda cl, *_: cl.subscribe(topic, qos=1)
         c.on_message = self._on_msg
         c.connect("127.0.0.1", self.port)
         c.loop_start()
         return c
-
-    def reconnect(self) -> None:
-        self.c.loop_stop()
-        self.c = self._connect()
 
     def close(self) -> None:
         self.c.loop_stop()
@@ -96,6 +94,9 @@ def run_once(a: argparse.Namespace, publishers: str, jpegs: list[bytes]) -> dict
     inbox = work / "inbox"
     inbox.mkdir()
     broker = Mosquitto()
+    broker.dir.chmod(0o777)  # mosquitto drops to its own user and must write its database there
+    broker.conf.write_text(f"listener {broker.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                           f"persistence_location {broker.dir}/\nautosave_interval 1\n")
     broker.start()
     mport = free_port()
     pubs = {"json": [{"type": "json"}], "sparkplug": [{"type": "sparkplug", "edge_node_id": "bench"}],
@@ -108,8 +109,8 @@ def run_once(a: argparse.Namespace, publishers: str, jpegs: list[bytes]) -> dict
     cmd = [sys.executable, "-m", "edge.cli", "--config", str(work / "config.yaml"), "--log-level", "WARNING"]
     daemon = subprocess.Popen(cmd)
     # latency is timed at the subscriber of the protocol under test; with both, the Sparkplug side (the slower)
-    rx = _Receiver(broker.port, "json" if publishers == "json" else "sparkplug")
-    rx_json = _Receiver(broker.port, "json") if publishers == "both" else None
+    rx = _Receiver(broker.port, "json" if publishers == "json" else "sparkplug", f"scada-{publishers}-1")
+    rx_json = _Receiver(broker.port, "json", f"scada-{publishers}-2") if publishers == "both" else None
     arrival: dict[str, float] = {}
     outage_at, kill_at = a.frames // 2, (3 * a.frames) // 4 if a.kill else -1
     t_start = time.time()
@@ -126,10 +127,7 @@ def run_once(a: argparse.Namespace, publishers: str, jpegs: list[bytes]) -> dict
             broker.stop()
             t_out = time.time()
         if i > outage_at and broker.proc is None and time.time() - t_out > a.outage_s:
-            broker.start()
-            for r in (rx, rx_json):
-                if r:
-                    r.reconnect()
+            broker.start()  # the receivers' paho loops reconnect by themselves
         if i == kill_at:
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(10)
@@ -140,9 +138,6 @@ def run_once(a: argparse.Namespace, publishers: str, jpegs: list[bytes]) -> dict
             print(f"[{publishers}] {i}/{a.frames} frames, {len(rx.got)} verdicts received", flush=True)
     if broker.proc is None:
         broker.start()
-        for r in (rx, rx_json):
-            if r:
-                r.reconnect()
     end = time.time() + 120
     while (len(rx.got) < a.frames or (rx_json and len(rx_json.got) < a.frames)) and time.time() < end:
         time.sleep(0.2)
