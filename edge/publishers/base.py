@@ -145,7 +145,7 @@ class Publisher(ABC):
         with self._lock:
             self._inflight.discard(seq)
         if reason is not None and getattr(reason, "is_failure", False):
-            why = f"broker refused {self.name} message for verdict row {seq}: {reason}"
+            why = f"broker refused verdict row {seq} ({self.name}): {reason}"
             with self._lock:
                 first = seq not in self._refused
                 self._refused[seq] = why

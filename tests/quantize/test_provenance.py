@@ -51,15 +51,17 @@ def test_int8_threshold_uses_the_models_score_rule(top_run, fast_quantize):
     from quantize.cli import quantize_run
     from training.metrics import threshold_at_far
 
-    meta = json.loads((top_run / "model.json").read_text())
-    assert meta["normalisation"]["score_pool"] == "top" and meta["normalisation"]["score_k"] > 1
+    from edge.contract import read_model_card
+
+    card = read_model_card(top_run)
+    assert card.normalisation.score_pool == "top" and card.normalisation.score_k > 1
     res = quantize_run(top_run, "ort", max_drop=1.0, max_far_increase=1.0)
     # what the device computes: the artifact's own score output, re-anchored by the bundle's affine
-    _, held_out, _ = build_sets(meta, None)
+    _, held_out, _ = build_sets(card, None)
     backend = create_backend("onnxruntime", top_run / "quantized" / "ort" / res["artifact"], "cpu")
     affine = OutputAffine(**res["output_affine"])
     scores = np.array([affine.apply(backend.infer(x)).score for x in held_out])
-    assert res["threshold"] == pytest.approx(threshold_at_far(scores, meta["false_alarm_rate_target"]), rel=1e-5)
+    assert res["threshold"] == pytest.approx(threshold_at_far(scores, card.false_alarm_rate_target), rel=1e-5)
 
 
 def test_deploy_requantizes_when_model_onnx_changed(run_copy, fast_quantize, capsys):
@@ -117,7 +119,9 @@ def test_images_fingerprint_follows_the_image_contents(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / f"{i}.png")
-    meta = {"dataset": str(data), "size_px": 16}
+    from edge.contract import ModelCard
+
+    meta = ModelCard.model_construct(dataset=str(data), size_px=16)  # only what the fingerprint reads
     a = images_fingerprint(meta, None, 64)
     assert a == images_fingerprint(meta, None, 64)
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(data / "3.png")  # same name, new contents
