@@ -99,8 +99,8 @@ def run_once(a: argparse.Namespace, publishers: str, jpegs: list[bytes]) -> dict
                            f"persistence_location {broker.dir}/\nautosave_interval 1\n")
     broker.start()
     mport = free_port()
-    pubs = {"json": [{"type": "json"}], "sparkplug": [{"type": "sparkplug", "edge_node_id": "bench"}],
-            "both": [{"type": "json"}, {"type": "sparkplug", "edge_node_id": "bench"}]}[publishers]
+    spb = {"type": "sparkplug", "edge_node_id": "bench", "qos": a.sparkplug_qos}
+    pubs = {"json": [{"type": "json"}], "sparkplug": [spb], "both": [{"type": "json"}, spb]}[publishers]
     cfg = {"bundle": str(a.bundle.resolve()), "state_dir": str(work / "state"), "cache_dir": str(work / "cache"),
            "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 0.5, "reconnect_max_s": 1},
            "metrics": {"port": mport}, "heatmaps": {"enabled": False}, "publishers": pubs,
@@ -162,7 +162,8 @@ def run_once(a: argparse.Namespace, publishers: str, jpegs: list[bytes]) -> dict
     # live latency: frames before the outage only (after it, verdicts wait on disk by design)
     e2e = [(rx.got[n][0] - arrival[n]) * 1e3 for n in rx.got if n in arrival and int(n[:6]) < outage_at]
     lost = a.frames - len(rx.got) + (a.frames - len(rx_json.got) if rx_json else 0)
-    return {"publishers": publishers, "frames": a.frames, "received": len(rx.got), "lost": lost,
+    return {"publishers": publishers, "sparkplug_qos": a.sparkplug_qos if publishers != "json" else None,
+            "frames": a.frames, "received": len(rx.got), "lost": lost,
             "frames_per_s": a.frames / elapsed, "e2e_median_ms": float(np.median(e2e)),
             "e2e_p99_ms": float(np.percentile(e2e, 99)), "publish_ms": hist_mean("publish"),
             "inference_ms": hist_mean("inference"), "outage_s": a.outage_s, "kill9": bool(a.kill),
@@ -176,6 +177,8 @@ def main() -> int:
     ap.add_argument("--images", type=Path, required=True, help="folder of source images (PNG), made into 1080p JPEGs")
     ap.add_argument("--publishers", default="json,sparkplug,both", help="comma list of json, sparkplug, both")
     ap.add_argument("--repeats", type=int, default=1, help="runs per publisher set; the table shows medians")
+    ap.add_argument("--sparkplug-qos", type=int, choices=(0, 1), default=0,
+                    help="QoS of DDATA: 0 as the specification requires (the default), 1 to let the spool see PUBACKs")
     ap.add_argument("--kill", action="store_true", help="also kill -9 the daemon at 3/4 of the run (and restart it)")
     ap.add_argument("--outage-s", type=float, default=12.0)
     ap.add_argument("--window", type=int, default=2, help="frames in the inbox at once")
