@@ -112,7 +112,10 @@ def main() -> int:
     frames = sorted((data / "test").rglob("*.png"))
     for f in frames:
         shutil.copy2(f, inbox / f"{f.parent.name}-{f.name}")
-    (inbox / "corrupt-frame.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    # a finished file with a damaged middle (a truncated one is waited for as still being written)
+    good = bytearray(frames[0].read_bytes())
+    good[40:200] = bytes(160)
+    (inbox / "corrupt-frame.png").write_bytes(bytes(good))
     print(f"daemon: scoring {len(frames) + 1} frames from {inbox}")
     _run([py, "-m", "edge.cli", "--config", str(out / "config.yaml"), "--exit-when-idle", "3", "--log-level", "WARNING"])
     time.sleep(1)
