@@ -141,7 +141,8 @@ class MqttConnection:
         self._connected.clear()
 
     def alive(self) -> str | None:
-        if not self._stop.is_set() and not self._net.is_alive():
+        """None while the network thread runs (or before it was started); otherwise that it died."""
+        if not self._stop.is_set() and self._net.ident is not None and not self._net.is_alive():
             return f"{self.name} network thread died"
         return None
 

@@ -106,7 +106,7 @@ class Publisher(ABC):
         return "; ".join(p for p in (self._refused_problem, self._spool_problem) if p) or None
 
     def alive(self) -> str | None:
-        if self._stop.is_set():
+        if self._stop.is_set() or self._sender.ident is None:  # stopped, or not started yet
             return None
         if not self._sender.is_alive():
             return f"{self.name} sender thread died"

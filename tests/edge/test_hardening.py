@@ -318,6 +318,14 @@ def test_a_frame_seen_again_after_a_crash_keeps_its_one_verdict(signed, tiny_dat
     assert json.loads(rows[0].payload)["seq"] == 1
 
 
+def test_status_before_start_is_not_degraded_by_threads_not_yet_started(signed, tmp_path):
+    (tmp_path / "inbox").mkdir()
+    d = _daemon(tmp_path, signed)
+    st = d.status("online")  # what run() publishes first (was: "degraded: mqtt network thread died")
+    assert st["state"] == "online" and st["problems"] == [], st["problems"]
+    d.queue.close()
+
+
 def test_a_frame_that_cannot_be_moved_is_scored_once(signed, tiny_data, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
