@@ -74,12 +74,28 @@ def _candidates(runtime: str, finals: list[str], head: list[str], sensitive: lis
     return [{}]
 
 
+_MEASURED = ("selection_auroc", "spearman", "mean_abs_map_error", "latency_ms")
+
+
+def _acceptable(row: dict[str, Any], fp32_auroc: float, max_drop: float, min_spearman: float = MIN_SPEARMAN) -> bool:
+    """Whether a measured candidate keeps accuracy: selection AUROC within max_drop of FP32's and, when
+    min_spearman > 0, Spearman >= min_spearman."""
+    return row["selection_auroc"] >= fp32_auroc - max_drop and (min_spearman <= 0 or row["spearman"] >= min_spearman)
+
+
+def _keeps_more_float(cand: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether cand has other's settings but keeps a superset of other's layers and op types in float."""
+    rest = [k for k in {*cand, *other} if k not in ("keep_float", "float_types")]
+    return (all(cand.get(k) == other.get(k) for k in rest)
+            and set(cand.get("keep_float", [])) >= set(other.get("keep_float", []))
+            and set(cand.get("float_types") or []) >= set(other.get("float_types") or []))
+
+
 def _choose(rows: list[dict[str, Any]], fp32_auroc: float, max_drop: float, min_spearman: float = MIN_SPEARMAN) -> int:
     """Index of the fastest candidate that keeps accuracy (selection AUROC within max_drop of FP32 and, when
     min_spearman > 0, Spearman >= min_spearman); if none does, the most accurate one (the gate then reports
     the failure)."""
-    ok = [i for i, r in enumerate(rows)
-          if r["selection_auroc"] >= fp32_auroc - max_drop and (min_spearman <= 0 or r["spearman"] >= min_spearman)]
+    ok = [i for i, r in enumerate(rows) if _acceptable(r, fp32_auroc, max_drop, min_spearman)]
     if ok:
         return min(ok, key=lambda i: rows[i]["latency_ms"])
     return max(range(len(rows)), key=lambda i: (round(rows[i]["selection_auroc"], 4), rows[i]["spearman"]))
@@ -90,15 +106,17 @@ def _sensitivity(fp32: Path, calib: Any, inputs: list[np.ndarray], tmp: Path) ->
     from quantize.runtimes.onnxruntime import quantize_qdq
     from quantize.sensitivity import layer_sqnr
 
-    full = quantize_qdq(fp32, _mk(tmp / "sensitivity") / "full.onnx", calib, "minmax", "conv", [])
+    full = quantize_qdq(fp32, _mk(tmp / "sensitivity") / "full.onnx", calib, "minmax", "conv", [], work=tmp / "shared")
     return layer_sqnr(fp32, full, inputs)
 
 
-def _build(runtime: str, fp32: Path, out: Path, calib: Any, cand: dict[str, Any], device: str) -> Path:
+def _build(runtime: str, fp32: Path, out: Path, calib: Any, cand: dict[str, Any], device: str, work: Path) -> Path:
+    """One candidate's INT8 artifact; `work` holds what the candidates of one search share (ORT's calibration)."""
     if runtime in ("ort", "tensorrt"):
         from quantize.runtimes.onnxruntime import correct_bias, quantize_qdq
 
-        art = quantize_qdq(fp32, out, calib, cand["method"], cand["scope"], cand["keep_float"], symmetric=runtime == "tensorrt")
+        art = quantize_qdq(fp32, out, calib, cand["method"], cand["scope"], cand["keep_float"],
+                           symmetric=runtime == "tensorrt", work=work)
         return correct_bias(fp32, art, calib) if cand.get("bias_correction") else art
     from quantize.runtimes.openvino import quantize_nncf
 
@@ -169,23 +187,35 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
         sqnr = _sensitivity(fp32, calib, held_out[:4], tmp)
         sensitive = [sensitive_nodes(sqnr, b) for b in SENSITIVITY_BOUNDS_DB]
         cands = _candidates(runtime, finals, head, sensitive)
+        passed: list[int] = []
+        skipped = []
         for i, cand in enumerate(cands):
+            beaten = next((j for j in passed if _keeps_more_float(cand, cands[j])), None)
+            if beaten is not None:
+                # the rule keeps the fastest passing candidate, and the same graph with more layers in float is
+                # rarely faster: measure it only while nothing it contains has passed
+                skipped.append({**cand, "skipped": f"keeps in float a superset of candidate {beaten + 1}, which passed"})
+                print(f"[2/4] candidate {i + 1}/{len(cands)}: skipped (superset of {beaten + 1}, which passed)", flush=True)
+                continue
             print(f"[2/4] candidate {i + 1}/{len(cands)}: {_describe(cand)}", flush=True)
             name = RUNTIMES[runtime][1]
-            art = _build(runtime, fp32, _mk(tmp / f"c{i}") / name, calib, cand, device)
+            art = _build(runtime, fp32, _mk(tmp / f"c{i}") / name, calib, cand, device, tmp / "shared")
             q_maps, q_sel, ms = score_timed(RUNTIMES[runtime][0], art, sel_inputs)
             rows.append({**cand, "selection_auroc": round(auroc(sel_labels, q_sel), 5),
                          "spearman": round(spearman(f_sel, q_sel), 5),
                          "mean_abs_map_error": round(float(np.abs(q_maps - f_sel_maps).mean()), 6),
                          "latency_ms": round(ms, 2)})
             arts.append(art)
+            if _acceptable(rows[-1], fp32_auroc, max_drop, min_spearman):
+                passed.append(i)
         pick = _choose(rows, fp32_auroc, max_drop, min_spearman)
-        chosen, art = cands[pick], arts[pick]
+        chosen = {k: v for k, v in rows[pick].items() if k not in _MEASURED}
+        art = arts[pick]
         for f in art.parent.iterdir():
             shutil.copy2(f, out / f.name)
         shutil.rmtree(tmp, ignore_errors=True)
         artifact = out / RUNTIMES[runtime][1]
-        decision = {"candidates": rows, "chosen": chosen, "final_convs": finals, "head": head,
+        decision = {"candidates": rows, "skipped": skipped, "chosen": chosen, "final_convs": finals, "head": head,
                     "rule": f"fastest candidate with selection AUROC >= FP32 {fp32_auroc:.4f} - {max_drop}"
                             + (f" and Spearman >= {min_spearman}" if min_spearman > 0 else "")
                             + "; else the most accurate",

@@ -16,12 +16,15 @@ def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
     assert res["gate"]["passed"]
     assert (tiny_run / "quantized" / runtime / res["artifact"]).is_file()
     assert res["threshold"] > 0 and res["output_affine"]["scale"] > 0
-    assert len(res["mixed_precision"]["candidates"]) >= 2  # the choice was measured, not assumed
+    mp = res["mixed_precision"]
+    assert len(mp["candidates"]) + len(mp["skipped"]) >= 2  # the choice was measured, not assumed
+    for s in mp["skipped"]:  # only what keeps more in float than a passing candidate goes unmeasured
+        kept = set(s["keep_float"]) | set(s.get("float_types") or [])
+        assert any(kept >= set(r["keep_float"]) | set(r.get("float_types") or []) for r in mp["candidates"])
     assert (tiny_run / "quantized" / runtime / "gate.png").stat().st_size > 1000
     sqnr = res["mixed_precision"]["sensitivity"]["sqnr_db"]
     convs = {n.name for n in onnx.load(str(tiny_run / "model.onnx")).graph.node if n.op_type == "Conv"}
     assert convs <= set(sqnr) and all(np.isfinite(v) for v in sqnr.values())  # every layer measured
-    mp = res["mixed_precision"]
     assert all(r["latency_ms"] > 0 for r in mp["candidates"])
     chosen = next(r for r in mp["candidates"] if all(r.get(k) == v for k, v in mp["chosen"].items()))
     ok = [r for r in mp["candidates"] if r["selection_auroc"] >= mp["selection_auroc_fp32"] - 1.0]  # max_drop 1.0
@@ -39,6 +42,17 @@ def test_selection_takes_the_fastest_candidate_that_keeps_accuracy():
     lossy = [rows[2], {"selection_auroc": 0.95, "spearman": 0.9, "latency_ms": 15.0}]
     assert _choose(lossy, fp32_auroc=1.0, max_drop=0.005) == 1  # none acceptable: the most accurate
     assert _choose(rows, fp32_auroc=1.0, max_drop=0.005) == 1  # default: AUROC on the graded set decides
+
+
+def test_search_skips_supersets_in_float_of_a_passing_candidate():
+    from quantize.cli import _keeps_more_float
+
+    base = {"method": "minmax", "scope": "all", "keep_float": ["a"]}
+    assert _keeps_more_float({**base, "keep_float": ["a", "b"]}, base)
+    assert _keeps_more_float({**base, "float_types": ["Add"]}, base)
+    assert not _keeps_more_float({**base, "keep_float": ["b"]}, base)  # not a superset
+    assert not _keeps_more_float({**base, "method": "percentile", "keep_float": ["a", "b"]}, base)  # other settings
+    assert not _keeps_more_float({**base, "bias_correction": True}, base)
 
 
 def test_selection_set_grades_the_defects_from_faint_to_plain():
