@@ -132,7 +132,6 @@ def correct_bias(fp32: Path, qdq: Path, reader: CalibrationReader) -> Path:
     convolution's bias absorbs minus its own shift: E[out_q] - E[out] = sum over inputs and taps of
     (W_q - W) * E[x] (border padding ignored). One FP32 pass measures every layer's input means.
     """
-    import numpy as np
     import onnx
     from onnx import numpy_helper
 
