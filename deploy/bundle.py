@@ -19,15 +19,18 @@ from edge.backends import backend_class, create_backend
 from edge.bundle import SCHEMA_VERSION, sha256_file
 from edge.contract import CONTRACT_VERSION, read_model_card
 
-__all__ = ["build_bundle", "unit_file", "measure_latency", "install_steps", "DEVICE_ROOT", "default_bundle_version"]
+__all__ = ["DEVICE_ROOT", "build_bundle", "default_bundle_version", "install_steps", "measure_latency",
+           "unit_file"]
 
 DEVICE_ROOT = "/opt/lineside"  # venv/, bundles/<name>-v<version>/ and the bundles/current link, all root-owned
 
 
 def unit_file() -> Path:
-    p = Path(__file__).resolve().parent.parent / "systemd" / "lineside.service"
+    """The systemd unit copied into every bundle: package data of deploy (deploy/systemd links to systemd/)."""
+    p = Path(__file__).resolve().parent / "systemd" / "lineside.service"
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: systemd unit missing from the installation; reinstall lineside from source")
+        raise FileNotFoundError(f"{p}: systemd unit missing from the lineside installation (package data of "
+                                "deploy); reinstall the lineside wheel")
     return p
 
 
