@@ -22,7 +22,7 @@ from typing import Any
 from edge import __version__
 from edge.commands import Commands
 from edge.config import CameraSource, DaemonConfig, FolderSource, MqttSource, SparkplugConfig
-from edge.errors import EdgeError, SourceError, SpoolError
+from edge.errors import EdgeError, SpoolError
 from edge.heatmaps import save_overlay
 from edge.metrics import Metrics
 from edge.notify import notify
@@ -33,7 +33,9 @@ from edge.queue import VerdictQueue
 from edge.scoring import LoadedModel, Scored, frame_id, load_model, score_frame
 from edge.signing import Trust
 from edge.sources.base import Frame, Source
-from edge.verdict import Latency, Verdict, iso_utc
+from edge.stations import StationPoller
+from edge.verdict import Verdict, iso_utc
+from edge.verdict_builder import build_verdict
 
 __all__ = ["Daemon", "LoadedModel", "load_model", "frame_id"]
 
@@ -41,6 +43,8 @@ log = logging.getLogger("lineside")
 
 
 class Daemon:
+    """Wires the sources, scoring, publishers and health, and runs the frame loop."""
+
     def __init__(self, cfg: DaemonConfig) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
@@ -72,6 +76,7 @@ class Daemon:
         self.heatmap_dir = cfg.state_dir / "heatmaps"
         self.poison = PoisonGuard(cfg.state_dir / "inflight.json")
         self.sources: list[Source] = [self._make_source(st) for st in cfg.stations]
+        self.stations = StationPoller(self.sources, self.publishers)
         self.thresholds = {st.name: st.threshold for st in cfg.stations}
         self.result_topic = topic_for(cfg.mqtt, None, "set") + "/result"
         self.commands = Commands(cfg.commands.bundle_dir, lambda: self.trust.enforced, self._queue_reload,
@@ -80,7 +85,6 @@ class Daemon:
             self.conn.subscribe(topic_for(cfg.mqtt, None, "set"), self.commands.on_message)
         self.last_error: str | None = None
         self.spool_problem: str | None = None
-        self.stations_down: dict[str, str] = {}
         self._status_sent: tuple[str, tuple[str, ...]] | None = None
 
     def _make_publisher(self, pcfg: Any) -> Publisher:
@@ -115,7 +119,7 @@ class Daemon:
     def problems(self) -> list[str]:
         """Why the daemon is not fully healthy; empty when it is."""
         found = [self._dead(), *(p.problem for p in self.publishers), self.spool_problem, self.queue.incident,
-                 self.last_error, *(f"station {k} down: {v}" for k, v in self.stations_down.items())]
+                 self.last_error, *self.stations.problems()]
         if self.model.backend.info.fallback:
             found.append(f"backend fallback: {self.model.backend.info.fallback}")
         return list(dict.fromkeys(p for p in found if p))
@@ -209,20 +213,6 @@ class Daemon:
             self.metrics.latency.labels(stage.removesuffix("_ms")).observe(v)
         return r
 
-    def verdict(self, frame: Frame, fid: str, r: Scored, heatmap: str | None) -> Verdict:
-        """The typed verdict of a scored frame (seq is filled in when it is spooled)."""
-        m = self.model.bundle
-        where = frame.final_ref("failed" if r.outcome == "error" else "done") if frame.final_ref else frame.ref
-        now = time.time()
-        return Verdict(
-            id=fid, seq=1, station=frame.station, line=self.cfg.mqtt.line, frame=where,
-            correlation_id=frame.correlation_id, outcome=r.outcome, score=r.score, threshold=r.threshold,
-            anomaly_area=r.anomaly_area, bbox=r.bbox, heatmap=heatmap, error=r.error,
-            captured_at=iso_utc(frame.t_capture), captured_unix_ms=int(frame.t_capture * 1000),
-            scored_at=iso_utc(now), scored_unix_ms=int(now * 1000), scored_monotonic_ms=time.monotonic_ns() // 10**6,
-            model=m.manifest["model"]["name"], model_version=str(m.manifest["model"]["version"]), bundle=m.digest,
-            software_version=__version__, latency=Latency(**{k: round(v, 3) for k, v in r.latency_ms.items()}))
-
     def handle(self, frame: Frame) -> Verdict | None:
         """Score and spool one frame; None if it already had a verdict (seen again after a crash).
 
@@ -249,7 +239,7 @@ class Daemon:
                                        self.cfg.heatmaps.max_files)
             except OSError as err:  # a full disk costs the overlay, not the verdict
                 log.warning("heatmap for %s not saved: %s", frame.ref, err)
-        verdict = self.verdict(frame, fid, r, heatmap)
+        verdict = build_verdict(frame, fid, r, self.model.bundle, self.cfg.mqtt.line, heatmap)
         topic = frame.reply_topic or topic_for(self.cfg.mqtt, frame.station, "verdict")
         t0 = time.perf_counter()
 
@@ -296,7 +286,7 @@ class Daemon:
         while not self._stop.is_set():
             if self._reload.is_set():
                 self._do_reload()
-            frames = self._poll()
+            frames = self.stations.poll()
             for i, f in enumerate(frames):
                 try:
                     v = self.handle(f)
@@ -346,26 +336,6 @@ class Daemon:
             if not frames:
                 time.sleep(0.02)
         return self.shutdown()
-
-    def _poll(self) -> list[Frame]:
-        """New frames of every station; a failing source marks its station down (others go on) until it recovers."""
-        frames: list[Frame] = []
-        for s in self.sources:
-            try:
-                frames += s.poll()
-            except (SourceError, OSError) as err:
-                if s.station not in self.stations_down:
-                    self.stations_down[s.station] = str(err)
-                    log.error("station %s is down: %s; retrying", s.station, err)
-                    for p in self.publishers:
-                        p.station_down(s.station, str(err))
-                continue
-            if s.station in self.stations_down:
-                del self.stations_down[s.station]
-                log.info("station %s is back", s.station)
-                for p in self.publishers:
-                    p.station_up(s.station)
-        return frames
 
     def _gauges(self) -> None:
         try:
