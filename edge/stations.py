@@ -23,7 +23,7 @@ class StationPoller:
         self.down: dict[str, str] = {}  # station -> the error that took it down
 
     def poll(self) -> list[Frame]:
-        """New frames of every station that is up; a failing source marks its station down until it recovers."""
+        """New frames of every station; a failing source marks its station down until it delivers again."""
         frames: list[Frame] = []
         for s in self.sources:
             try:
