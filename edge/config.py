@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from edge.contract import field_problem, read_document
 from edge.errors import ConfigError
 
 __all__ = ["DaemonConfig", "load_config", "StationConfig", "MqttConfig", "SparkplugConfig", "JsonPublisherConfig"]
@@ -146,6 +146,11 @@ class TrustConfig(_Strict):
                              "(rollback) bundles are refused")
 
 
+# list fields whose entries must differ in one attribute: field -> (attribute, the rule as said to the user)
+_DISTINCT = {"publishers": ("type", "each publisher type may appear once"),
+             "stations": ("name", "station names must be unique")}
+
+
 class DaemonConfig(_Strict):
     bundle: Path = Field(description="bundle folder built by edge-deploy")
     state_dir: Path = Field(Path("/var/lib/lineside"), description="queue database, heatmaps")
@@ -162,41 +167,26 @@ class DaemonConfig(_Strict):
     stations: list[StationConfig] = Field(min_length=1)
     max_pixels: int = Field(16384 * 16384, ge=1, description="frames larger than this are refused (error verdict)")
 
-    @field_validator("publishers")
+    @field_validator(*_DISTINCT)
     @classmethod
-    def _one_each(cls, v: list[Any]) -> list[Any]:
-        kinds = [p.type for p in v]
-        if len(set(kinds)) != len(kinds):
-            raise ValueError(f"each publisher type may appear once, got {kinds}")
-        return v
-
-    @field_validator("stations")
-    @classmethod
-    def _unique(cls, v: list[StationConfig]) -> list[StationConfig]:
-        names = [s.name for s in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"station names must be unique, got {names}")
+    def _distinct(cls, v: list[Any], info: ValidationInfo) -> list[Any]:
+        attr, rule = _DISTINCT[info.field_name or ""]
+        keys = [getattr(x, attr) for x in v]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"{rule}, got {keys}")
         return v
 
 
 def load_config(path: str | Path) -> DaemonConfig:
     """Load and validate the YAML config; relative paths are resolved against the config's folder."""
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except OSError as err:
-        raise ConfigError(f"{p}: cannot read config: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from err
+    raw = read_document(p, "yaml", ConfigError, "config")
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     try:
         cfg = DaemonConfig(**raw)
     except ValidationError as err:
-        e = err.errors()[0]
-        loc = ".".join(str(x) for x in e["loc"])
-        hint = "remove it or check its spelling" if e["type"] == "extra_forbidden" else f"got {e.get('input')!r}"
-        raise ConfigError(f"{p}: {loc}: {e['msg']} ({hint})") from err
+        raise ConfigError(f"{p}: {field_problem(err)}") from err
     base = p.resolve().parent
 
     def fix(q: Path) -> Path:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge.contract import field_problem, read_document
 from training.errors import TrainConfigError
 
 __all__ = ["FitConfig", "load_fit_config"]
@@ -43,12 +43,7 @@ def load_fit_config(path: str | Path | None, overrides: dict[str, Any]) -> FitCo
     data: dict[str, Any] = {}
     if path:
         p = Path(path)
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except OSError as err:
-            raise TrainConfigError(f"{p}: cannot read config: {err.strerror}") from err
-        except yaml.YAMLError as err:
-            raise TrainConfigError(f"{p}: not valid YAML: {err}") from err
+        loaded = read_document(p, "yaml", TrainConfigError, "config")
         if loaded is not None and not isinstance(loaded, dict):
             raise TrainConfigError(f"{p}: expected a mapping of keys to values at the top level")
         data.update(loaded or {})
@@ -58,9 +53,4 @@ def load_fit_config(path: str | Path | None, overrides: dict[str, Any]) -> FitCo
     try:
         return FitConfig(**data)
     except ValidationError as err:
-        e = err.errors()[0]
-        loc = ".".join(str(x) for x in e["loc"])
-        if e["type"] == "extra_forbidden":
-            valid = ", ".join(FitConfig.model_fields)
-            raise TrainConfigError(f"config key '{loc}' is unknown; valid keys: {valid}") from err
-        raise TrainConfigError(f"config key '{loc}': {e['msg']}") from err
+        raise TrainConfigError(f"config key {field_problem(err, keys=FitConfig.model_fields)}") from err

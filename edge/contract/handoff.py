@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge.contract.document import field_problem, read_document
 from edge.contract.io import CONTRACT_VERSION
 from edge.errors import EdgeError
 
@@ -56,18 +57,13 @@ class ModelCard(BaseModel):
 def read_model_card(run: Path) -> ModelCard:
     """The run's model.json, validated; EdgeError names the file and the fix."""
     p = Path(run) / "model.json"
-    try:
-        raw = json.loads(p.read_text())
-    except OSError as err:
-        raise EdgeError(f"{p}: cannot read ({err.strerror}); train and export with `edge-train fit --out {run}`") from err
-    except json.JSONDecodeError as err:
-        raise EdgeError(f"{p}: not JSON ({err}); re-export with `edge-train export {run}`") from err
+    reexport = f"re-export with `edge-train export {run}`"
+    raw = read_document(p, "json", EdgeError, "model card",
+                        f"{reexport} (or train it: `edge-train fit --out {run}`)")
     try:
         card = ModelCard.model_validate(raw)
     except ValidationError as err:
-        e = err.errors()[0]
-        raise EdgeError(f"{p}: {'.'.join(str(x) for x in e['loc'])}: {e['msg']}; "
-                        f"re-export with `edge-train export {run}`") from err
+        raise EdgeError(f"{p}: {field_problem(err, reexport)}") from err
     if card.schema_version > MODEL_CARD_SCHEMA or card.contract_version != CONTRACT_VERSION:
         raise EdgeError(f"{p}: model card schema {card.schema_version} / contract {card.contract_version} is not "
                         f"this version's ({MODEL_CARD_SCHEMA} / {CONTRACT_VERSION}); re-export with this version")
