@@ -32,6 +32,7 @@ import yaml
 from PIL import Image
 
 from bench.common import machine, save, table
+from bench.fault_phases import inject, tampering
 
 _POINTS = ("score", "spool", "puback", "move")
 
@@ -274,7 +275,7 @@ def main() -> int:
                 run.start(point, rng.randint(3, 30))
             ev = plan.pop(fed, None)
             if ev:
-                _fault(run, ev)
+                inject(run, ev)
             n_inbox = sum(1 for p in run.inbox.iterdir() if p.is_file())
             while fed < total and n_inbox < a.backlog:
                 name, data = frames[fed]
@@ -318,7 +319,7 @@ def main() -> int:
     quarantined = int(status.get("quarantined_verdicts", 0) or 0)
     ours = {-signal.SIGKILL, -signal.SIGTERM, 0}
     input_crashes = [rc for rc in run.exits if rc not in ours]
-    tamper = _tampering(a, results)
+    tamper = tampering(a.bundle, a.key, results)
     summary = {
         "frames": total, "good_frames": a.frames, "fuzzed_frames": a.fuzz,
         "verdicts_delivered": len(ids), "lost": len(lost), "lost_examples": lost[:10],
@@ -359,101 +360,6 @@ def _watch_recovery(run: Run, before: int, t: float) -> None:
             run.recovery_s.append(round(time.monotonic() - t, 2))
             return
         time.sleep(0.05)
-
-
-def _fault(run: Run, ev: str) -> None:
-    if ev == "outage":
-        run.events.append("broker outage 6 s")
-        run.broker.stop()
-        time.sleep(6)
-        run.broker.start()
-    elif ev == "acl":
-        run.events.append("broker ACL refuses the verdict topic for 6 s")
-        run.acl.write_text("topic readwrite lineside/line1/status\ntopic readwrite lineside/line1/set/#\n"
-                           "topic read lineside/#\n")
-        run.broker.proc.send_signal(signal.SIGHUP)
-        time.sleep(6)
-        run.acl.write_text("topic readwrite lineside/#\n")
-        run.broker.proc.send_signal(signal.SIGHUP)
-    elif ev == "diskfull" and run.tmpfs:
-        run.events.append("disk full for 6 s")
-        filler = run.state / "filler"
-        st = os.statvfs(run.state)
-        free = st.f_bavail * st.f_frsize
-        with filler.open("wb") as f:
-            f.truncate(0)
-            try:
-                f.write(b"\0" * max(0, free - 16 * 1024))
-            except OSError:
-                pass
-        time.sleep(6)
-        filler.unlink()
-    elif ev == "commands":
-        run.events.append("malformed, retained and out-of-folder commands")
-        end = time.monotonic() + 60  # commands are live messages: the daemon must be subscribed to get them
-        while run.scada.status.get("state") not in ("online", "degraded") and time.monotonic() < end:
-            time.sleep(0.1)
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-ops", protocol=mqtt.MQTTv5)
-        c.connect("127.0.0.1", run.broker.port)
-        c.loop_start()
-        end = time.monotonic() + 10
-        while not c.is_connected() and time.monotonic() < end:
-            time.sleep(0.05)
-        for payload, retain in ((b'{"command":"reload","bundle":123,"id":"malformed"}', False), (b"\xff\x00", False),
-                                (json.dumps({"command": "reload", "id": "retained"}).encode(), True),
-                                (json.dumps({"command": "reload", "id": "outside", "bundle": "/etc"}).encode(), False)):
-            c.publish("lineside/line1/set", payload, qos=1, retain=retain).wait_for_publish(5)
-        time.sleep(1)
-        c.loop_stop()
-        c.disconnect()
-
-
-def _tampering(a: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, bool]:
-    """Each tampering case, True when refused."""
-    from edge.bundle import load_bundle
-    from edge.errors import BundleError
-    from edge.signing import Trust, generate_key, load_private_key, sign_manifest
-
-    out: dict[str, bool] = {}
-    by_id = {r.get("id"): r for r in results}
-    for cid in ("malformed", "retained", "outside"):
-        out[f"command: {cid}"] = by_id.get(cid, {}).get("result") == "refused"
-    if not a.key:
-        return out
-    tmp = Path(tempfile.mkdtemp(prefix="lineside-tamper-"))
-    trust = Trust.from_files([a.key], tmp / "trust.json")
-    stranger = generate_key(tmp / "stranger")[0]
-
-    def variant(name: str, key: Path | None, resign: bool, **changes: Any) -> Path:
-        d = tmp / name
-        shutil.copytree(a.bundle, d)
-        m = json.loads((d / "manifest.json").read_text())
-        m.update(changes)
-        (d / "manifest.json").write_text(json.dumps(m))
-        if resign:
-            (d / "manifest.sig").unlink(missing_ok=True)
-            if key is not None:
-                sign_manifest(d, load_private_key(key))
-        return d
-
-    cases = {"manifest edit (threshold 1e9)": variant("edit", None, False, threshold=1e9),
-             "model + manifest swap, unsigned": variant("swap", None, True, threshold=1e9),
-             "signed by another key": variant("foreign", stranger, True, threshold=1e9)}
-    for name, d in cases.items():
-        try:
-            load_bundle(d, trust)
-            out[name] = False
-        except BundleError:
-            out[name] = True
-    version = load_bundle(a.bundle, trust).version
-    trust.accept(version + 1)
-    try:
-        load_bundle(a.bundle, trust)
-        out["rollback to an older version"] = False
-    except BundleError:
-        out["rollback to an older version"] = True
-    shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 if __name__ == "__main__":
