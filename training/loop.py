@@ -164,7 +164,7 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     _save_checkpoint(ckpt, model, opt, steps_done, train_minutes)
     model.to("cpu", memory_format=torch.contiguous_format).eval()
     model.equalize_channels(train)
-    model.calibrate_maps(val)
+    model.calibrate(val)
     _, val_scores = score_images(model, val)
     threshold = threshold_at_far(val_scores, cfg.false_alarm_rate)
     meta = {

@@ -1,8 +1,10 @@
 """The one model interface every family implements, and the shared scoring head.
 
-A family produces one or more raw anomaly maps on its feature grid. The shared head normalises each map
-by quantiles of held-out good images (EfficientAD's q_a -> 0, q_b -> 0.1), averages them, upsamples the
-result to the input grid and pools an image score. All of it is exported inside the ONNX graph.
+A family produces one or more raw anomaly maps on its feature grid, and may add a raw image-level (global)
+score. The shared head normalises each map by quantiles of held-out good images (EfficientAD's q_a -> 0,
+q_b -> 0.1), averages them, upsamples the result to the input grid and pools an image score; a global score is
+added to it as a z-score scaled to the pooled score's spread on good images (PUAD's fusion, Sugawara &
+Imamura, ICIP 2024), so the image score stays in map units. All of it is exported inside the ONNX graph.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class AnomalyModel(nn.Module, ABC):
         self.register_buffer("q_lo", torch.zeros(n_maps))
         self.register_buffer("q_hi", torch.full((n_maps,), 0.1))
         self.register_buffer("map_weight", torch.full((n_maps,), 1.0 / n_maps))
+        # score += global_gain * (global - global_mean); set by calibrate() when the family has a global branch
+        self.register_buffer("global_mean", torch.zeros(1))
+        self.register_buffer("global_gain", torch.zeros(1))
 
     # --- what a family implements -------------------------------------------------------------
     @abstractmethod
@@ -77,6 +82,14 @@ class AnomalyModel(nn.Module, ABC):
     def training_losses(self, batch: TrainBatch, done: float) -> dict[str, torch.Tensor]:
         """Loss terms for one step; `done` is the share of the schedule done, in [0, 1]; key "loss" is minimised."""
 
+    def raw(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Raw maps and, for families with a global branch (which override this), a raw image score [B]."""
+        return self.raw_maps(image), None
+
+    def global_weight(self) -> float:
+        """Weight of the global z-score against the pooled map's (0: no global branch)."""
+        return 0.0
+
     def equalize_channels(self, good_images: torch.Tensor) -> None:
         """After training: function-preserving rescaling that helps INT8 activations (none by default)."""
 
@@ -89,13 +102,23 @@ class AnomalyModel(nn.Module, ABC):
 
     # --- shared scoring head -----------------------------------------------------------------
     def normalised_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
-        maps = self.raw_maps(image)
+        return self._normalise(self.raw_maps(image))
+
+    def _normalise(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         return [0.1 * (m - self.q_lo[i]) / (self.q_hi[i] - self.q_lo[i]) for i, m in enumerate(maps)]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image Bx3xSxS RGB in [0, 1] -> (anomaly_map Bx1xSxS normalised, score [B])."""
+        maps, global_raw = self.raw(image)
+        combined, score = self._pool(self._normalise(maps))
+        if global_raw is not None:
+            score = score + self.global_gain * (global_raw - self.global_mean)
+        return combined, score
+
+    def _pool(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted sum of normalised maps on the input grid, and its pooled image score."""
         combined = None
-        for i, m in enumerate(self.normalised_maps(image)):
+        for i, m in enumerate(maps):
             m = F.interpolate(m, size=(self.size_px, self.size_px), mode="bilinear", align_corners=False)
             combined = m * self.map_weight[i] if combined is None else combined + m * self.map_weight[i]
         assert combined is not None
@@ -109,18 +132,24 @@ class AnomalyModel(nn.Module, ABC):
         return combined, score
 
     @torch.no_grad()
-    def calibrate_maps(self, good_images: torch.Tensor, batch_size: int = 8) -> None:
-        """Set the q 0.9 / 0.995 normalisation of every raw map from held-out good images."""
-        chunks: list[list[torch.Tensor]] = []
-        for i in range(0, len(good_images), batch_size):
-            chunks.append([m.flatten() for m in self.raw_maps(good_images[i : i + batch_size])])
-        for k in range(len(chunks[0])):
-            values = torch.cat([c[k] for c in chunks])
+    def calibrate(self, good_images: torch.Tensor, batch_size: int = 8) -> None:
+        """From held-out good images: the q 0.9 / 0.995 normalisation of every raw map, then the global
+        branch's fusion (its mean, and a gain that gives its z-score the pooled map score's spread)."""
+        outs = [self.raw(good_images[i : i + batch_size]) for i in range(0, len(good_images), batch_size)]
+        for k in range(len(outs[0][0])):
+            values = torch.cat([maps[k].flatten() for maps, _ in outs])
             if values.numel() > 2**24:
                 values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[: 2**24]]
             lo, hi = torch.quantile(values, 0.9), torch.quantile(values, 0.995)
             self.q_lo[k] = lo
             self.q_hi[k] = torch.maximum(hi, lo + 1e-6)
+        if outs[0][1] is None or self.global_weight() <= 0 or len(good_images) < 2:
+            self.global_gain.zero_()
+            return
+        pooled = torch.cat([self._pool(self._normalise(maps))[1] for maps, _ in outs])
+        glob = torch.cat([g for _, g in outs if g is not None])
+        self.global_mean.fill_(float(glob.mean()))
+        self.global_gain.fill_(self.global_weight() * float(pooled.std() / glob.std().clamp_min(1e-12)))
 
 
 REGISTRY: dict[str, type[AnomalyModel]] = {}

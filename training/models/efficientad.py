@@ -72,6 +72,10 @@ class EfficientAdParams(FamilyParams):
     map_weights: tuple[float, float, float] = Field(
         (1.0, 1.0, 1.0), description="weights of the student-teacher, autoencoder and Gaussian maps (0 drops a map)"
     )
+    global_weight: float = Field(
+        1.0, ge=0.0, description="weight of the global score (Mahalanobis distance of the image's mean teacher "
+        "features, PUAD) against the pooled map, both as z-scores on good images; 0 drops it"
+    )
     snc: bool = Field(False, description="compare student and teacher through spatial-neighbourhood codes (FCL)")
     margin: MarginParams = Field(default_factory=MarginParams)
     pretrained_backbone: bool = Field(True, description="ImageNet weights for the Lite teacher (False: tests)")
@@ -167,6 +171,9 @@ class EfficientAd(AnomalyModel):
             self.register_buffer("g_proj", torch.eye(g_channels)[:d].view(d, g_channels, 1, 1))
             self.register_buffer("g_mean", torch.zeros(1, d, g, g))
             self.register_buffer("g_whiten", torch.eye(d).expand(g * g, d, d).clone())
+        if params.global_weight > 0:
+            self.register_buffer("gl_mean", torch.zeros(1, t_channels))
+            self.register_buffer("gl_whiten", torch.eye(t_channels))
         self._gen = torch.Generator().manual_seed(seed)
         self._penalty = PenaltyImages(size_px, seed) if params.penalty else None
         self._cache: torch.Tensor | None = None
@@ -201,6 +208,31 @@ class EfficientAd(AnomalyModel):
         self._cache = (raw - self.t_mean) / self.t_std
         if self.use_gauss:
             self._fit_gaussian(_pick(self._cache, self.g_channels))
+        if self.params.global_weight > 0:
+            self._fit_global(self._cache.mean(dim=(2, 3)))
+
+    def global_weight(self) -> float:
+        return self.params.global_weight
+
+    def _fit_global(self, x: torch.Tensor) -> None:
+        """Gaussian of the images' mean teacher features (PUAD's global branch: a missing, extra or swapped part
+        changes what the image contains, which no local map sees). Ledoit-Wolf shrinkage toward a scaled
+        identity: with tens of images the covariance of hundreds of channels is singular otherwise."""
+        x64 = x.double()
+        mean = x64.mean(dim=0, keepdim=True)
+        c = x64 - mean
+        n, p = c.shape
+        cov = c.T @ c / n
+        mu = cov.diagonal().mean()
+        target = mu * torch.eye(p, dtype=cov.dtype)
+        delta = (cov - target).pow(2).sum() / p
+        # mean over images of |x x^T - S|_F^2 = |x|^4 - 2 x^T S x + |S|_F^2
+        sq = c.pow(2).sum(dim=1)
+        beta = ((sq.pow(2) - 2 * ((c @ cov) * c).sum(dim=1) + cov.pow(2).sum()).mean() / n / p).clamp(max=delta)
+        shrink = float(beta / delta.clamp_min(1e-12))
+        cov = shrink * target + (1 - shrink) * cov + 1e-6 * mu.clamp_min(1e-12) * torch.eye(p, dtype=cov.dtype)
+        self.gl_mean.copy_(mean.float())
+        self.gl_whiten.copy_(torch.linalg.cholesky(torch.linalg.inv(cov)).T.float())  # W^T W = inv(cov)
 
     def _gauss_features(self, t_norm: torch.Tensor) -> torch.Tensor:
         """Teacher features pooled to the Gaussian grid and PCA-projected, minus the per-position mean."""
@@ -249,6 +281,9 @@ class EfficientAd(AnomalyModel):
         self.g_whiten.copy_(chol.transpose(1, 2).float())
 
     def raw_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return self.raw(image)[0]
+
+    def raw(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         t_norm = self._teacher(image)
         s = self.student(image)
         c = self.channels
@@ -260,7 +295,10 @@ class EfficientAd(AnomalyModel):
             maps.append((self.ae(image) - s[:, c:]).pow(2).mean(dim=1, keepdim=True))
         if self.use_gauss:
             maps.append(self._gauss_map(t_norm))
-        return maps
+        if self.params.global_weight <= 0:
+            return maps, None
+        z = (t_norm.mean(dim=(2, 3)) - self.gl_mean) @ self.gl_whiten.T
+        return maps, z.pow(2).mean(dim=1)
 
     def training_losses(self, batch: TrainBatch, done: float) -> dict[str, torch.Tensor]:
         assert self._cache is not None, "prepare() must run before training"
