@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.common import conv_gmac, machine, save, table, write_elpv
 
-# name -> (model, params)
+# name -> (model, params); the shipped recipes run as "recipe:NAME" at their own size and batch
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "efficientad-s lite0": ("efficientad-s", {"teacher": "lite0"}),
     "efficientad-s lite0 +margin": ("efficientad-s", {"teacher": "lite0", "margin": {"enabled": True, "mode": "truncate"}}),
@@ -28,11 +28,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "efficientad-s lite2 texture st23": ("efficientad-s", {"teacher": "lite2", "map_weights": [1, 0, 2], "teacher_scale": 1,
                                                            "teacher_stages": [2, 3, 4, 5], "student_stages": [2, 3],
                                                            "gaussian_stages": [3, 4, 5], "gaussian_dims": 128}),
-    # the same with the image score = mean of the top 1 % of the map (training is identical; only the pooling differs)
-    "efficientad-s lite2 texture st23 top": ("efficientad-s", {"teacher": "lite2", "map_weights": [1, 0, 2], "teacher_scale": 1,
-                                                               "teacher_stages": [2, 3, 4, 5], "student_stages": [2, 3],
-                                                               "gaussian_stages": [3, 4, 5], "gaussian_dims": 128,
-                                                               "score_pool": "top", "score_top": 0.01}),
     "efficientad-s lite0 +snc": ("efficientad-s", {"teacher": "lite0", "snc": True}),
     "efficientad-s pdn": ("efficientad-s", {"teacher": "pdn"}),
     "efficientad-s pdn +margin": ("efficientad-s", {"teacher": "pdn", "margin": {"enabled": True, "mode": "truncate"}}),
@@ -50,15 +45,20 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: int, batch: int, seed: int) -> dict[str, Any]:
-    from training.config import FitConfig
+    from training.config import FitConfig, load_fit_config
     from training.data import open_dataset
     from training.errors import TrainingError
     from training.evaluate import evaluate
     from training.loop import fit
 
-    model, params = VARIANTS[name]
-    cfg = FitConfig(model=model, params=params, size_px=size, steps=steps, batch_size=batch, max_minutes=minutes,
-                    seed=seed, checkpoint_every=10_000)
+    if name.startswith("recipe:"):
+        cfg = load_fit_config(None, {"recipe": name.split(":", 1)[1], "steps": steps, "max_minutes": minutes,
+                                     "seed": seed, "checkpoint_every": 10_000})
+        size = cfg.size_px
+    else:
+        model, params = VARIANTS[name]
+        cfg = FitConfig(model=model, params=params, size_px=size, steps=steps, batch_size=batch, max_minutes=minutes,
+                        seed=seed, checkpoint_every=10_000)
     t0 = time.monotonic()
     try:
         state = fit(cfg, open_dataset(data, seed=seed), out, progress=False)
@@ -84,7 +84,10 @@ def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    from training.recipes import recipe_names
+
+    recipes = [f"recipe:{r}" for r in recipe_names()]
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS) + recipes, choices=list(VARIANTS) + recipes)
     ap.add_argument("--datasets", nargs="*", default=["synthetic", "elpv-mono", "elpv-poly"])
     ap.add_argument("--minutes", type=float, default=60.0, help="training budget per model")
     ap.add_argument("--steps", type=int, default=100_000)
@@ -104,7 +107,7 @@ def main() -> int:
     rows = []
     for dname, path in sets.items():
         for v in a.variants:
-            rows.append(run_one(v, path, a.out / "runs" / f"{dname}-{v.replace(' ', '_')}", a.size, a.minutes,
+            rows.append(run_one(v, path, a.out / "runs" / f"{dname}-{v.replace(' ', '_').replace(':', '-')}", a.size, a.minutes,
                                 a.steps, a.batch, a.seed))
             save(a.out / "accuracy.json", {"machine": machine(), "args": {k: str(v) for k, v in vars(a).items()}, "rows": rows})
     cols = ["variant", "data", "image_auroc", "logical", "structural", "pixel_auroc", "aupro", "aupro_structural",

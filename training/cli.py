@@ -154,7 +154,7 @@ def _cmd_fit(a: argparse.Namespace) -> int:
         params["margin"] = {"enabled": True, "mode": a.margin}
     if a.map_weights:
         params["map_weights"] = a.map_weights
-    overrides = {"model": a.model, "steps": a.steps, "size_px": a.size, "batch_size": a.batch_size,
+    overrides = {"recipe": a.recipe, "model": a.model, "steps": a.steps, "size_px": a.size, "batch_size": a.batch_size,
                  "max_minutes": a.max_minutes, "seed": a.seed, "false_alarm_rate": a.far, "params": params}
     out = Path(a.out)
     refusal = _refuse_reuse(out, a.resume, a.overwrite)
@@ -178,6 +178,25 @@ def _cmd_fit(a: argparse.Namespace) -> int:
         print(f"  warning: {basis['warning']}")
     _print_report(report, out)
     print(_next_deploy(out))
+    return 0
+
+
+def _cmd_recipes(a: argparse.Namespace) -> int:
+    import textwrap
+
+    from training.recipes import DEFAULT_RECIPE, load_recipe, recipe_names
+
+    for name in recipe_names():
+        r = load_recipe(name)
+        print(f"{name}{' (default)' if name == DEFAULT_RECIPE else ''}")
+        print(textwrap.indent(textwrap.fill(r.summary, 100), "  "))
+        for m in r.measured:
+            figs = ", ".join(f"{k} {v}" for k, v in m.figures.items())
+            print(f"  measured: {m.dataset}: {figs} ({m.budget}, {m.date})")
+            print(textwrap.indent(textwrap.fill(m.command, 100), "      "))
+        if not r.measured:
+            print("  measured: see docs/benchmarks.md (the defaults)")
+    print("use: edge-train fit --recipe NAME --data DATA --out RUN")
     return 0
 
 
@@ -252,6 +271,7 @@ def _cfg_help(field: str, text: str | None = None) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from training.clihelp import DefaultsHelpFormatter
     from training.models import MODELS
+    from training.recipes import DEFAULT_RECIPE, recipe_names
 
     fmt = {"formatter_class": DefaultsHelpFormatter}
     p = argparse.ArgumentParser(prog="edge-train", description="Train teacher-student anomaly models on good images.",
@@ -279,7 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--margin", choices=["truncate", "hinge"], default=None, help="enable the DFSC margin constraint")
     f.add_argument("--map-weights", type=float, nargs=3, metavar=("ST", "AE", "GAUSS"), default=None,
                    help="EfficientAD map weights; texture products without logical constraints: 1 0 2")
-    f.add_argument("--config", help="YAML config; flags override it")
+    f.add_argument("--recipe", choices=recipe_names(), default=None,
+                   help="named settings to start from (edge-train recipes lists them with their measured figures; "
+                        f"default: {DEFAULT_RECIPE})")
+    f.add_argument("--config", help="YAML config; overrides the recipe, flags override it")
     f.add_argument("--out", required=True, help="run folder")
     f.add_argument("--steps", type=int, help=_cfg_help("steps"))
     f.add_argument("--size", type=int, help=_cfg_help("size_px", "input size in pixels"))
@@ -296,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "artifacts (without --resume or --overwrite, fit refuses a non-empty folder)")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(fn=_cmd_fit)
+
+    r = sub.add_parser("recipes", help="list the named recipes with the figures each reached", **fmt)
+    r.set_defaults(fn=_cmd_recipes)
 
     e = sub.add_parser("eval", help="evaluate a trained run on a dataset; writes its own report beside the fit's",
                        **fmt)

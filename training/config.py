@@ -17,6 +17,7 @@ class FitConfig(BaseModel):
     """Everything that decides a training run; saved into the run folder."""
 
     model_config = ConfigDict(extra="forbid")
+    recipe: str | None = Field(None, description="named recipe the settings start from (edge-train recipes)")
     model: str = Field("efficientad-s", description="model name, e.g. efficientad-s, efficientad-m")
     params: dict[str, Any] = Field(default_factory=dict, description="family parameters (validated by the family)")
     size_px: int = Field(256, ge=32, le=1024, description="square input size of the model")
@@ -39,7 +40,11 @@ class FitConfig(BaseModel):
 
 
 def load_fit_config(path: str | Path | None, overrides: dict[str, Any]) -> FitConfig:
-    """Merge a YAML file and CLI overrides (overrides win) into a validated FitConfig."""
+    """Merge a recipe, a YAML file and CLI overrides (later wins) into a validated FitConfig.
+
+    The recipe is the one the overrides or the file name, else the default (objects)."""
+    from training.recipes import DEFAULT_RECIPE, load_recipe
+
     data: dict[str, Any] = {}
     if path:
         p = Path(path)
@@ -47,9 +52,10 @@ def load_fit_config(path: str | Path | None, overrides: dict[str, Any]) -> FitCo
         if loaded is not None and not isinstance(loaded, dict):
             raise TrainConfigError(f"{p}: expected a mapping of keys to values at the top level")
         data.update(loaded or {})
-    params = {**data.pop("params", {}), **overrides.pop("params", {})}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    data["params"] = params
+    name = overrides.get("recipe") or data.get("recipe") or DEFAULT_RECIPE
+    base = dict(load_recipe(name).config)
+    params = {**base.pop("params", {}), **data.pop("params", {}), **overrides.pop("params", {})}
+    data = {**base, **data, **{k: v for k, v in overrides.items() if v is not None}, "recipe": name, "params": params}
     try:
         return FitConfig(**data)
     except ValidationError as err:
