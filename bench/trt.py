@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from deploy.targets import TARGETS
+
 __all__ = ["auroc", "compare", "main", "onnx_checks"]
 
-TRT_MAX_TOPK = 1024  # ITopKLayer's k limit in TensorRT 8.6, the oldest the jetson target accepts
+TRT_MAX_TOPK = TARGETS["jetson"].max_topk  # TopK k limit of the oldest TensorRT the jetson target accepts
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 

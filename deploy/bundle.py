@@ -50,13 +50,16 @@ def measure_latency(runtime: str, model: Path, x: np.ndarray, runs: int = 15) ->
 
 def _golden(runtime: str, model: Path, inputs: list[np.ndarray], out: Path, precision: str) -> dict[str, Any]:
     """Record golden inputs and the outputs the bundle's runtime gives here."""
-    # TensorRT cannot run here: the QDQ graph's ORT output is the reference and kernels may differ more
-    ref_runtime = "onnxruntime" if runtime == "tensorrt" else runtime
+    from quantize.runtimes import quantizer
+
+    # a runtime that cannot run here (TensorRT): the graph's output in the one that validates its artifacts is
+    # the reference, and the device's kernels may differ more from it
+    ref_runtime = quantizer(runtime).backend
     b = create_backend(ref_runtime, model, "cpu")
     scores = [b.infer(x).score for x in inputs]
     b.close()
     np.savez_compressed(out / "golden.npz", **{f"x{i}": x for i, x in enumerate(inputs)})
-    tol = 1e-3 if precision == "fp32" else (0.05 if runtime == "tensorrt" else 1e-2)
+    tol = 1e-3 if precision == "fp32" else (0.05 if ref_runtime != runtime else 1e-2)
     return {"inputs": "golden.npz", "scores": scores, "tolerance": tol, "reference_runtime": ref_runtime}
 
 
@@ -66,18 +69,19 @@ def default_bundle_version() -> int:
 
 
 def install_steps(archive: str, top: str, root: str = DEVICE_ROOT, key: str | None = None,
-                  jetson: bool = False) -> list[str]:
+                  builds_engine: bool = False) -> list[str]:
     """The shell steps that install a bundle archive on the device, first install and upgrade alike.
 
     The bundle is unpacked root-owned and read-only for the daemon (never into its writable state directory),
-    verified, then swapped in atomically by renaming a `current` symlink, and the daemon reloads it.
+    verified (after its engine is built there, for targets that build on the device), then swapped in
+    atomically by renaming a `current` symlink, and the daemon reloads it.
     """
     b = f"{root}/bundles"
     steps = [
         f"install -d -m 0755 {b}",
         f"rm -rf {b}/{top} && tar --no-same-owner --no-same-permissions -xzf {archive} -C {b}",
     ]
-    if jetson:
+    if builds_engine:
         steps.append(f"{root}/venv/bin/edge-deploy build-engine {b}/{top} --cache-dir /var/cache/lineside")
     steps += [
         f"{root}/venv/bin/edge-deploy verify {b}/{top}" + (f" --key {key}" if key else ""),

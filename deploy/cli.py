@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deploy.targets import AUTO_RUNTIMES, TARGETS, Target
+import numpy as np
+
+from deploy.targets import TARGETS, Target
 
 __all__ = ["main"]
 
 _SUBCOMMANDS = ("verify", "inspect", "build-engine", "keygen")
-TRT_MAX_TOPK = 1024  # ITopKLayer's k limit in TensorRT 8.6, the oldest the jetson target accepts (3840 from 10.x)
 
 
 def _quantized(run: Path, qruntime: str, max_drop: float, device: str,
@@ -22,7 +23,8 @@ def _quantized(run: Path, qruntime: str, max_drop: float, device: str,
 
     An existing artifact is reused only when quant.json's source (SHA-256 of model.onnx, of the calibration
     and gate images, and the settings) matches what quantizing now would record; otherwise it is re-made and
-    one line says why.
+    one line says why. A folder of an older spelling of the runtime (quantized/ort/) is not read: the runtime
+    counts as not yet quantized.
     """
     from quantize.cli import MAX_CALIB, MIN_SPEARMAN, quantize_run
     from quantize.gate import MAX_FAR_INCREASE
@@ -43,12 +45,48 @@ def _quantized(run: Path, qruntime: str, max_drop: float, device: str,
     return quantize_run(run, qruntime, max_drop, device=device, max_far_increase=far_up)
 
 
-def _build(a: argparse.Namespace) -> int:
-    from deploy.bundle import build_bundle, measure_latency
+def _int8(run: Path, target: Target, max_drop: float, max_far_increase: float, x: np.ndarray
+          ) -> tuple[str, dict[str, Any], dict[str, float], list[str]]:
+    """The runtime an INT8 bundle of target uses and its quant.json, the latencies measured here (targets with
+    several runtimes: the fastest that passed its gate is used) and the runtimes whose gate refused them."""
+    from deploy.bundle import measure_latency
     from quantize.errors import GateFailed
-    from training.loop import load_images  # noqa: F401 - the build runs on a workstation with training installed
+    from quantize.gate import gate_failure
+    from quantize.runtimes import quantizer
+
+    if len(target.runtimes) == 1:
+        (runtime,) = target.runtimes
+        quant = _quantized(run, runtime, max_drop, target.quantize_device, max_far_increase)
+        if not quant["gate"]["passed"]:
+            raise GateFailed(f"{runtime} INT8 {gate_failure(quant['gate'])}")
+        return runtime, quant, {}, []
+    options: dict[str, dict[str, Any]] = {}
+    measured: dict[str, float] = {}
+    failures: list[str] = []
+    refused: list[str] = []
+    for rt in target.runtimes:
+        q = _quantized(run, rt, max_drop, target.quantize_device, max_far_increase)
+        if q["gate"]["passed"]:
+            measured[rt] = measure_latency(quantizer(rt).backend, run / "quantized" / rt / q["artifact"], x)
+            options[rt] = q
+        else:
+            failures.append(f"{rt}: {gate_failure(q['gate'])}")
+            refused.append(rt)
+            print(f"{rt} INT8 FAILED its accuracy gate and is not used: {gate_failure(q['gate'])}")
+    if not options:
+        raise GateFailed("no INT8 artifact passed the accuracy gate (" + " | ".join(failures) + ")")
+    runtime = min(measured, key=measured.__getitem__)
+    print("measured INT8 latency here: " + ", ".join(f"{k} {v:.1f} ms" for k, v in measured.items())
+          + f" -> {runtime}")
+    return runtime, options[runtime], measured, refused
+
+
+def _build(a: argparse.Namespace) -> int:
+    from deploy.bundle import build_bundle
     from edge.contract import load_input, read_model_card
     from edge.errors import EdgeError
+    from quantize.runtimes import quantizer
+    from training.loop import load_images  # noqa: F401 - the build runs on a workstation with training installed
 
     target: Target = TARGETS[a.target]
     run = Path(a.run)
@@ -62,60 +100,26 @@ def _build(a: argparse.Namespace) -> int:
     except EdgeError as err:
         raise SystemExit(f"edge-deploy: error: {err}") from err
     k = card.normalisation.score_k
-    if target.name == "jetson" and k > TRT_MAX_TOPK:
-        raise SystemExit(f"edge-deploy: error: the score averages the top {k} map pixels, TensorRT {target.min_runtime_version} "
-                         f"allows TopK k <= {TRT_MAX_TOPK}; retrain with a smaller params.score_top or input size")
+    if target.max_topk is not None and k > target.max_topk:
+        raise SystemExit(f"edge-deploy: error: the score averages the top {k} map pixels, {target.runtimes[0]} "
+                         f"{target.min_runtime_version} allows TopK k <= {target.max_topk}; retrain with a smaller "
+                         "params.score_top or input size")
     from training.data import open_dataset
 
     data = open_dataset(card.dataset)
     golden = [load_input(s.path, card.size_px) for s in (data.val[:2] + [t for t in data.test if t.label][:2])]
     quant = None
-    runtime = target.runtime
     measured: dict[str, float] = {}
     gate_refused: list[str] = []  # runtimes whose INT8 artifact failed its gate, said again at the end
     if precision == "int8":
-        from quantize.gate import gate_failure
-
-        far_up = a.max_far_increase
-        if target.name == "cpu":
-            options = {}
-            failures = []
-            for qrt, rt in AUTO_RUNTIMES:
-                q = _quantized(run, qrt, a.max_drop, "CPU", far_up)
-                if q["gate"]["passed"]:
-                    art = run / "quantized" / qrt / q["artifact"]
-                    measured[rt] = measure_latency(rt, art, golden[0])
-                    options[rt] = (q, art)
-                else:
-                    failures.append(f"{qrt}: {gate_failure(q['gate'])}")
-                    gate_refused.append(qrt)
-                    print(f"{qrt} INT8 FAILED its accuracy gate and is not used: {gate_failure(q['gate'])}")
-            if not options:
-                raise GateFailed("no INT8 artifact passed the accuracy gate (" + " | ".join(failures) + ")")
-            runtime = min(measured, key=measured.__getitem__)
-            quant, primary = options[runtime]
-            print("measured INT8 latency here: " + ", ".join(f"{k} {v:.1f} ms" for k, v in measured.items())
-                  + f" -> {runtime}")
-        else:
-            quant = _quantized(run, target.quantize_runtime, a.max_drop, "NPU" if target.name == "intel-npu" else "CPU",
-                               far_up)
-            if not quant["gate"]["passed"]:
-                raise GateFailed(f"{target.quantize_runtime} INT8 {gate_failure(quant['gate'])}")
-            primary = run / "quantized" / target.quantize_runtime / quant["artifact"]
-        artifacts = [primary]
-        if target.name == "jetson":
-            artifacts.append(run / "quantized" / "tensorrt" / "model_fp32.onnx")
+        runtime, quant, measured, gate_refused = _int8(run, target, a.max_drop, a.max_far_increase, golden[0])
+        qdir = run / "quantized" / runtime
+        primary = qdir / quant["artifact"]
+        extra = quantizer(runtime).fp32_copy
+        artifacts = [primary] + ([qdir / extra] if extra else [])
     else:
-        if target.name == "cpu":
-            runtime = "onnxruntime"
-        if runtime == "openvino":
-            from quantize.runtimes.openvino import convert_fp32
-
-            primary = convert_fp32(run / "model.onnx", run / "quantized" / "model_fp32.xml")
-        elif runtime == "tensorrt":
-            primary = run / "model.onnx"  # FP16 engine from the FP32 graph, built on the device
-        else:
-            primary = run / "model.onnx"
+        runtime = target.runtimes[0]
+        primary = quantizer(runtime).float_artifact(run / "model.onnx", run / "quantized")
         artifacts = [primary]
     out = Path(a.out)
     sign_key = None
@@ -130,17 +134,17 @@ def _build(a: argparse.Namespace) -> int:
     print(f"bundle: {folder}\narchive: {archive}")
     from edge.scoring import load_model
 
-    if runtime != "tensorrt":
+    if not target.builds_on_device:
         m = load_model(folder, "cpu", out.parent / ".cache", 0)
         print(f"self-test here: passed on {m.backend.info.runtime} ({m.backend.info.device})")
     for qrt in gate_refused:
         print(f"edge-deploy: warning: {qrt} INT8 failed its accuracy gate, so this bundle runs {runtime} "
               f"({run / 'quantized' / qrt / 'quant.json'}, gate.png beside it)", file=sys.stderr)
-    _print_install(archive, top, target.name == "jetson", a.sign_key)
+    _print_install(archive, top, target.builds_on_device, a.sign_key)
     return 0
 
 
-def _print_install(archive: Path, top: str, jetson: bool, sign_key: str | None) -> None:
+def _print_install(archive: Path, top: str, builds_on_device: bool, sign_key: str | None) -> None:
     from deploy.bundle import DEVICE_ROOT, TRUSTED_KEY, install_steps
 
     key = TRUSTED_KEY if sign_key else None
@@ -151,7 +155,7 @@ def _print_install(archive: Path, top: str, jetson: bool, sign_key: str | None) 
         print("unsigned: any bundle with matching hashes will run; sign with --sign-key (edge-deploy keygen)")
     print(f"next, on the device (first install and upgrade alike; the unit expects {DEVICE_ROOT}/venv):")
     print(f"  scp {archive} DEVICE:/tmp/")
-    steps = install_steps(f"/tmp/{archive.name}", top, key=key, jetson=jetson)
+    steps = install_steps(f"/tmp/{archive.name}", top, key=key, builds_engine=builds_on_device)
     print("  ssh DEVICE 'sudo sh -ec \"" + "; ".join(steps) + "\"'")
     print("  ssh DEVICE 'sudo systemctl reload-or-restart lineside'  # the daemon self-tests before it swaps")
 
@@ -167,9 +171,9 @@ def _keygen(a: argparse.Namespace) -> int:
 
 
 def _verify(a: argparse.Namespace) -> int:
-    from edge.scoring import load_model
     from edge.bundle import load_bundle
     from edge.errors import BackendUnavailable
+    from edge.scoring import load_model
     from edge.signing import Trust
 
     trust = Trust.from_files([Path(k) for k in a.key], None)
@@ -177,20 +181,21 @@ def _verify(a: argparse.Namespace) -> int:
     print(f"hashes ok: {len(b.manifest['files'])} files"
           + (f"; signature ok: key {b.signed_by}, bundle_version {b.version}" if b.signed_by else
              "; signature not checked (no --key)"))
-    runtime = b.runtime
+    reference = b.manifest["golden"].get("reference_runtime", b.runtime)
     try:
         m = load_model(Path(a.bundle), a.device, Path(a.cache_dir), 0, trust)
         print(f"self-test passed on {m.backend.info.runtime} {m.backend.info.device} "
               f"(max rel diff {m.selftest['max_rel_diff']:.2e})")
     except BackendUnavailable as err:
-        if runtime != "tensorrt":
+        if reference == b.runtime:
             raise
-        # no TensorRT on this machine: check the graph the device will build, in ONNX Runtime
+        # the bundle's runtime is not here (TensorRT off the device): check its graph in the runtime its golden
+        # scores were recorded with
         from edge.backends import create_backend
         from edge.bundle import self_test
 
-        r = self_test(b, create_backend("onnxruntime", b.artifact, "cpu"))
-        print(f"TensorRT unavailable here ({err}); QDQ graph self-test in ONNX Runtime passed "
+        r = self_test(b, create_backend(reference, b.artifact, "cpu"))
+        print(f"{b.runtime} unavailable here ({err}); graph self-test in {reference} passed "
               f"(max rel diff {r['max_rel_diff']:.2e})")
     return 0
 
@@ -231,8 +236,10 @@ def _build_engine(a: argparse.Namespace) -> int:
     from edge.bundle import load_bundle
 
     b = load_bundle(Path(a.bundle))
-    if b.runtime != "tensorrt":
-        raise SystemExit(f"edge-deploy: error: bundle runtime is {b.runtime}; build-engine is for jetson bundles")
+    on_device = [t.name for t in TARGETS.values() if t.builds_on_device]
+    if b.manifest["target"] not in on_device:
+        raise SystemExit(f"edge-deploy: error: bundle target is {b.manifest['target']}; build-engine is for "
+                         f"{'|'.join(on_device)} bundles")
     precision = "int8" if b.manifest["precision"] == "int8" else "fp16"
     cache = Path(a.cache_dir)
     if a.print_command:
@@ -246,9 +253,8 @@ def _build_engine(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from edge.errors import EdgeError
     from quantize.errors import QuantizeError
-    from training.errors import TrainingError
-
     from training.clihelp import DefaultsHelpFormatter
+    from training.errors import TrainingError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _SUBCOMMANDS:

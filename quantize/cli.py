@@ -1,4 +1,4 @@
-"""`edge-quantize RUN --runtime ort|openvino|tensorrt|litert`: INT8 with measured mixed precision and a gate.
+"""`edge-quantize RUN --runtime NAME` (quantize/runtimes/): INT8 with measured mixed precision and a gate.
 
 Candidates (calibration method x what stays in float) are scored on held-out good images plus synthetic
 defects pasted at graded strengths, from plain to barely visible; the fastest that separates them as well as
@@ -22,22 +22,12 @@ from typing import Any
 import numpy as np
 
 from quantize.gate import MAX_DROP, MAX_FAR_INCREASE
+from quantize.runtimes import QUANTIZERS, quantizer
 from edge.contract import read_model_card
 
-__all__ = ["RUNTIMES", "build_parser", "main", "quantize_run"]
+__all__ = ["build_parser", "main", "quantize_run"]
 
-# runtime -> (edge backend that runs the artifact, artifact file name)
-RUNTIMES: dict[str, tuple[str, str]] = {
-    "ort": ("onnxruntime", "model_int8.onnx"),
-    "openvino": ("openvino", "model_int8.xml"),
-    "tensorrt": ("onnxruntime", "model_int8_qdq.onnx"),  # validated here in ORT; built by TensorRT on the device
-    "litert": ("litert", "model_int8.tflite"),
-}
-
-
-# OpenVINO operation types of the distance/normalisation head: the anomaly signal is a small difference
-# of large activations, so these are a candidate for staying in float
-OV_ELEMENTWISE = ("Add", "Subtract", "Multiply", "Divide", "Power", "ReduceMean", "ReduceMax", "Interpolate", "Concat")
+DEPRECATED_RUNTIMES = {"ort": "onnxruntime"}  # old spelling accepted by --runtime -> the runtime's name
 # SQNR bounds (dB) of the per-layer sensitivity measurement: each gives one set of layers kept in float
 SENSITIVITY_BOUNDS_DB = (20.0, 30.0, 40.0)
 # Strengths at which the selection set's defects are blended into good images. Full-strength pasted defects
@@ -47,31 +37,6 @@ SENSITIVITY_BOUNDS_DB = (20.0, 30.0, 40.0)
 SELECTION_STRENGTHS = (0.05, 0.1, 0.2, 0.4, 0.8)
 MIN_SPEARMAN = 0.0  # default of --min-spearman: an optional extra guard on rank agreement (off)
 MAX_CALIB = 64  # default of --max-calib: calibration images
-
-
-def _candidates(runtime: str, finals: list[str], head: list[str], sensitive: list[list[str]]) -> list[dict[str, Any]]:
-    """What to try: calibration methods, scope, and what stays float (nothing, final convs, each measured set)."""
-    keep = [[], finals] + [k for k in sensitive if k]
-    keep = [k for i, k in enumerate(keep) if k not in keep[:i]]
-    if runtime == "ort":
-        # no Entropy: quantize_static cannot set its histogram bins (128 bins into 128 quantized bins), so
-        # its scales equal MinMax's exactly (checked scale by scale); it would only cost a calibration pass
-        c = [{"method": m, "scope": "conv", "keep_float": []} for m in ("minmax", "percentile")]
-        c += [{"method": "minmax", "scope": "all", "keep_float": []}]
-        c += [{"method": "minmax", "scope": "conv", "keep_float": k} for k in keep[1:]]
-        # every op of the branches quantized (Relu/pooling fused into the int8 chain), the head float
-        c += [{"method": "minmax", "scope": "all", "keep_float": head + [n for n in k if n not in head]} for k in keep]
-        c += [{"method": "percentile", "scope": "all", "keep_float": head}]
-        # the same fast graphs with bias correction (ORT has none of its own; NNCF does)
-        c += [{"method": m, "scope": "all", "keep_float": head, "bias_correction": True} for m in ("minmax", "percentile")]
-        return c
-    if runtime == "tensorrt":
-        return [{"method": m, "scope": "conv", "keep_float": k} for m in ("minmax", "percentile") for k in keep]
-    if runtime == "openvino":
-        # NNCF fuses activations itself; what varies is what stays float, with and without the elementwise
-        # ops (by type: the head's node names do not cover what NNCF quantizes around it, measured)
-        return [{"keep_float": k} for k in keep] + [{"keep_float": k, "float_types": list(OV_ELEMENTWISE)} for k in keep]
-    return [{}]
 
 
 _MEASURED = ("selection_auroc", "spearman", "mean_abs_map_error", "latency_ms")
@@ -110,19 +75,6 @@ def _sensitivity(fp32: Path, calib: Any, inputs: list[np.ndarray], tmp: Path) ->
     return layer_sqnr(fp32, full, inputs)
 
 
-def _build(runtime: str, fp32: Path, out: Path, calib: Any, cand: dict[str, Any], device: str, work: Path) -> Path:
-    """One candidate's INT8 artifact; `work` holds what the candidates of one search share (ORT's calibration)."""
-    if runtime in ("ort", "tensorrt"):
-        from quantize.runtimes.onnxruntime import correct_bias, quantize_qdq
-
-        art = quantize_qdq(fp32, out, calib, cand["method"], cand["scope"], cand["keep_float"],
-                           symmetric=runtime == "tensorrt", work=work)
-        return correct_bias(fp32, art, calib) if cand.get("bias_correction") else art
-    from quantize.runtimes.openvino import quantize_nncf
-
-    return quantize_nncf(fp32, out, calib, device, cand["keep_float"], cand.get("float_types"))
-
-
 def _select_set(held_out: list[np.ndarray], size: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Held-out good images, and each with a pasted defect blended in at every SELECTION_STRENGTHS rung."""
     from quantize.calib import _paste_defects
@@ -152,6 +104,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
     from training.metrics import auroc, threshold_at_far
     from training.report import threshold_basis
 
+    q = quantizer(runtime)
     fp32 = run / "model.onnx"
     if not fp32.is_file() or not (run / "model.json").is_file():
         raise QuantizeError(f"{run}: model.onnx/model.json missing; train with `edge-train fit --out {run}` first")
@@ -169,12 +122,9 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
     size = card.size_px
     far = card.false_alarm_rate_target
 
-    if runtime == "litert":
-        from quantize.runtimes.litert import convert_litert
-
-        convert_litert(run, out, calib)
-        artifact = out / RUNTIMES[runtime][1]
-        decision: dict[str, Any] = {"candidates": [], "chosen": {"converter": "litert-torch + ai-edge-quantizer"}}
+    if not q.searches:
+        decision: dict[str, Any] = {"candidates": [], "chosen": q.convert(run, out, calib)}
+        artifact = out / q.artifact
     else:
         sel_inputs, sel_labels = _select_set(held_out, size, 0)
         f_sel_maps, f_sel = score_all("onnxruntime", fp32, sel_inputs)
@@ -186,7 +136,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
         print(f"[2/4] per-layer sensitivity on {min(4, len(held_out))} held-out good images", flush=True)
         sqnr = _sensitivity(fp32, calib, held_out[:4], tmp)
         sensitive = [sensitive_nodes(sqnr, b) for b in SENSITIVITY_BOUNDS_DB]
-        cands = _candidates(runtime, finals, head, sensitive)
+        cands = q.candidates(finals, head, sensitive)
         passed: list[int] = []
         skipped = []
         for i, cand in enumerate(cands):
@@ -198,9 +148,8 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
                 print(f"[2/4] candidate {i + 1}/{len(cands)}: skipped (superset of {beaten + 1}, which passed)", flush=True)
                 continue
             print(f"[2/4] candidate {i + 1}/{len(cands)}: {_describe(cand)}", flush=True)
-            name = RUNTIMES[runtime][1]
-            art = _build(runtime, fp32, _mk(tmp / f"c{i}") / name, calib, cand, device, tmp / "shared")
-            q_maps, q_sel, ms = score_timed(RUNTIMES[runtime][0], art, sel_inputs)
+            art = q.build(fp32, _mk(tmp / f"c{i}") / q.artifact, calib, cand, device, tmp / "shared")
+            q_maps, q_sel, ms = score_timed(q.backend, art, sel_inputs)
             rows.append({**cand, "selection_auroc": round(auroc(sel_labels, q_sel), 5),
                          "spearman": round(spearman(f_sel, q_sel), 5),
                          "mean_abs_map_error": round(float(np.abs(q_maps - f_sel_maps).mean()), 6),
@@ -214,7 +163,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
         for f in art.parent.iterdir():
             shutil.copy2(f, out / f.name)
         shutil.rmtree(tmp, ignore_errors=True)
-        artifact = out / RUNTIMES[runtime][1]
+        artifact = out / q.artifact
         decision = {"candidates": rows, "skipped": skipped, "chosen": chosen, "final_convs": finals, "head": head,
                     "rule": f"fastest candidate with selection AUROC >= FP32 {fp32_auroc:.4f} - {max_drop}"
                             + (f" and Spearman >= {min_spearman}" if min_spearman > 0 else "")
@@ -225,11 +174,11 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
                     "selection_set": f"{len(held_out)} held-out good images + {len(sel_labels) - len(held_out)} "
                                      f"pasted defects (strengths {list(SELECTION_STRENGTHS)})",
                     "selection_auroc_fp32": round(fp32_auroc, 5)}
-        if runtime == "tensorrt":
-            shutil.copy2(fp32, out / "model_fp32.onnx")  # for the FP16 engine
+        if q.fp32_copy:
+            shutil.copy2(fp32, out / q.fp32_copy)
 
     print("[3/4] recalibrating map normalisation and threshold on good images", flush=True)
-    backend = RUNTIMES[runtime][0]
+    backend = q.backend
     f_good_maps, _ = score_all("onnxruntime", fp32, held_out)
     q_good_maps, q_good_raw = score_all(backend, artifact, held_out)
     affine = recalibrate(f_good_maps, q_good_maps)
@@ -280,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-quantize", description="INT8 post-training quantization with an accuracy gate.",
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("run", help="trained run folder (model.onnx + model.json)")
-    p.add_argument("--runtime", required=True, choices=sorted(RUNTIMES), help="runtime the INT8 artifact is for")
+    names = sorted(QUANTIZERS)
+    p.add_argument("--runtime", required=True, choices=names + sorted(DEPRECATED_RUNTIMES),
+                   metavar="{" + ",".join(names) + "}",
+                   help="runtime the INT8 artifact is for ("
+                        + ", ".join(f"{old}: deprecated spelling of {new}" for old, new in DEPRECATED_RUNTIMES.items())
+                        + ")")
     p.add_argument("--max-drop", type=float, default=MAX_DROP,
                    help="largest allowed image-AUROC drop, and AUPRO drop where masks exist")
     p.add_argument("--max-far-increase", type=float, default=MAX_FAR_INCREASE,
@@ -298,11 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def next_hint(run: Path, runtime: str) -> str:
     """The command to run after a passing edge-quantize: a bundle from the deploy targets that use this INT8
-    artifact (the target table decides; `cpu` picks the faster of ort and openvino itself)."""
-    from deploy.targets import AUTO_RUNTIMES, TARGETS
+    artifact (the target table decides; `cpu` picks the faster of its runtimes itself)."""
+    from deploy.targets import TARGETS
 
-    auto = runtime in {q for q, _ in AUTO_RUNTIMES}
-    targets = [t.name for t in TARGETS.values() if t.quantize_runtime == runtime or (auto and t.quantize_runtime == "auto")]
+    targets = [t.name for t in TARGETS.values() if runtime in t.runtimes]
     if not targets:
         return f"next: no edge-deploy target builds {runtime} bundles yet; the artifact is in {run / 'quantized' / runtime}"
     return f"next: edge-deploy --target {'|'.join(targets)} {run} --out bundles/{run.name}"
@@ -315,8 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     from training.errors import TrainingError
 
     a = build_parser().parse_args(argv)
+    runtime = DEPRECATED_RUNTIMES.get(a.runtime, a.runtime)
+    if runtime != a.runtime:
+        print(f"edge-quantize: warning: --runtime {a.runtime} is deprecated; use --runtime {runtime}", file=sys.stderr)
     try:
-        res = quantize_run(Path(a.run), a.runtime, a.max_drop, a.calib_dir, a.device, a.max_calib, data_dir=a.data,
+        res = quantize_run(Path(a.run), runtime, a.max_drop, a.calib_dir, a.device, a.max_calib, data_dir=a.data,
                            min_spearman=a.min_spearman, max_far_increase=a.max_far_increase)
     except (QuantizeError, EdgeError, TrainingError) as err:
         if a.debug:
@@ -324,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-quantize: error: {err}", file=sys.stderr)
         return 1
     g = res["gate"]
-    print(f"{a.runtime} INT8: {res['artifact']}  chosen {_describe(res['mixed_precision']['chosen'])}")
+    print(f"{runtime} INT8: {res['artifact']}  chosen {_describe(res['mixed_precision']['chosen'])}")
     for k in ("image_auroc_fp32", "image_auroc_int8", "image_auroc_drop", "aupro_drop", "spearman_scores",
               "false_alarm_rate_fp32", "false_alarm_rate_int8", "false_alarm_rate_change"):
         if k in g:
@@ -332,11 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  threshold (recalibrated)  {res['threshold']:.4f}")
     if res["threshold_basis"]["warning"]:
         print(f"  warning: {res['threshold_basis']['warning']}")
-    print(f"report: {Path(a.run) / 'quantized' / a.runtime / 'quant.json'}")
+    print(f"report: {Path(a.run) / 'quantized' / runtime / 'quant.json'}")
     if not g["passed"]:
         print(f"edge-quantize: {gate_failure(g)}", file=sys.stderr)
         return 1
-    print(next_hint(Path(a.run), a.runtime))
+    print(next_hint(Path(a.run), runtime))
     return 0
 
 

@@ -37,6 +37,7 @@ def expected_source(run: Path, runtime: str, *, device: str, max_drop: float, ma
     """The source an artifact quantized now with these settings would record (quantize_run records this)."""
     from quantize.calib import images_fingerprint
     from quantize.cli import SELECTION_STRENGTHS, SENSITIVITY_BOUNDS_DB
+    from quantize.runtimes import quantizer
 
     card = read_model_card(run)
     if data_dir is not None:
@@ -47,10 +48,8 @@ def expected_source(run: Path, runtime: str, *, device: str, max_drop: float, ma
         "false_alarm_rate_target": card.false_alarm_rate_target,
         "threshold_fp32": card.threshold,
         "selection_strengths": list(SELECTION_STRENGTHS), "sensitivity_bounds_db": list(SENSITIVITY_BOUNDS_DB),
+        **quantizer(runtime).settings,
     }
-    if runtime == "tensorrt":
-        # graphs made with int32 bias Q/DQ (before this key) cannot be parsed by TensorRT: re-made once
-        settings["qdq_bias"] = "float"
     return {"model_sha256": file_sha256(run / "model.onnx"),
             "images_sha256": images_fingerprint(card, calib_dir, max_calib), "settings": settings}
 

@@ -4,11 +4,13 @@ ai-edge-quantizer. The converter stack is heavy (about 2 GB), so it is never a d
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from quantize.calib import CalibrationReader
 from quantize.errors import ExtraMissing
+from quantize.runtimes.base import Quantizer, register
 
-__all__ = ["convert_litert"]
+__all__ = ["LiteRtQuantizer", "convert_litert"]
 
 
 def convert_litert(run_dir: Path, out_dir: Path, reader: CalibrationReader) -> tuple[Path, Path]:
@@ -32,3 +34,19 @@ def convert_litert(run_dir: Path, out_dir: Path, reader: CalibrationReader) -> t
     int8 = out_dir / "model_int8.tflite"
     q.quantize(cal, serialize_to_path=str(int8))
     return fp32, int8
+
+
+class LiteRtQuantizer(Quantizer):
+    """Full-integer .tflite converted from the PyTorch weights: no candidate search."""
+
+    name = "litert"
+    backend = "litert"
+    artifact = "model_int8.tflite"
+    searches = False
+
+    def convert(self, run: Path, out: Path, calib: CalibrationReader) -> dict[str, Any]:
+        convert_litert(run, out, calib)
+        return {"converter": "litert-torch + ai-edge-quantizer"}
+
+
+register(LiteRtQuantizer())

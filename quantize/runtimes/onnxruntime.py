@@ -1,6 +1,6 @@
 """ONNX Runtime static QDQ quantization (ARM and generic CPU): per-channel INT8 weights, UINT8 activations.
 
-The same function makes TensorRT's explicit-quantization graph with symmetric INT8 activations.
+The same function makes TensorRT's explicit-quantization graph with symmetric INT8 activations (tensorrt.py).
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ import contextlib
 import io
 import tempfile
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
 from quantize.calib import CalibrationReader
+from quantize.runtimes.base import Quantizer, keep_float_sets, register
 
-__all__ = ["quantize_qdq", "METHODS", "SCOPES"]
+__all__ = ["METHODS", "SCOPES", "OnnxRuntimeQuantizer", "correct_bias", "quantize_qdq"]
 
 METHODS = ("minmax", "entropy", "percentile")
 # what is quantized: every op ORT supports, or only convolutions/matmuls (elementwise distance in float)
@@ -205,3 +207,36 @@ def _channel_means(model: "object", names: list[str], reader: CalibrationReader)
             sums[name] = sums.get(name, 0) + v.astype(np.float64).mean(axis=tuple(i for i in range(v.ndim) if i != 1))
         n_img += 1
     return {k: v / max(n_img, 1) for k, v in sums.items()}
+
+
+class OnnxRuntimeQuantizer(Quantizer):
+    """QDQ INT8 for ONNX Runtime: calibration methods, scopes, what stays float, and bias correction."""
+
+    name = "onnxruntime"
+    backend = "onnxruntime"
+    artifact = "model_int8.onnx"
+    symmetric: ClassVar[bool] = False  # INT8 symmetric activations and weights
+
+    def candidates(self, finals: list[str], head: list[str],
+                   sensitive: list[list[str]]) -> list[dict[str, Any]]:
+        keep = keep_float_sets(finals, sensitive)
+        # no Entropy: quantize_static cannot set its histogram bins (128 bins into 128 quantized bins), so
+        # its scales equal MinMax's exactly (checked scale by scale); it would only cost a calibration pass
+        c: list[dict[str, Any]] = [{"method": m, "scope": "conv", "keep_float": []} for m in ("minmax", "percentile")]
+        c += [{"method": "minmax", "scope": "all", "keep_float": []}]
+        c += [{"method": "minmax", "scope": "conv", "keep_float": k} for k in keep[1:]]
+        # every op of the branches quantized (Relu/pooling fused into the int8 chain), the head float
+        c += [{"method": "minmax", "scope": "all", "keep_float": head + [n for n in k if n not in head]} for k in keep]
+        c += [{"method": "percentile", "scope": "all", "keep_float": head}]
+        # the same fast graphs with bias correction (ORT has none of its own; NNCF does)
+        c += [{"method": m, "scope": "all", "keep_float": head, "bias_correction": True} for m in ("minmax", "percentile")]
+        return c
+
+    def build(self, fp32: Path, out: Path, calib: CalibrationReader, cand: dict[str, Any], device: str,
+              work: Path) -> Path:
+        art = quantize_qdq(fp32, out, calib, cand["method"], cand["scope"], cand["keep_float"],
+                           symmetric=self.symmetric, work=work)
+        return correct_bias(fp32, art, calib) if cand.get("bias_correction") else art
+
+
+register(OnnxRuntimeQuantizer())

@@ -9,12 +9,18 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 from edge.telemetry import disable_vendor_telemetry
 from quantize.calib import CalibrationReader
 from quantize.errors import ExtraMissing
+from quantize.runtimes.base import Quantizer, keep_float_sets, register
 
-__all__ = ["convert_fp32", "quantize_nncf"]
+__all__ = ["OpenVinoQuantizer", "convert_fp32", "quantize_nncf"]
+
+# OpenVINO operation types of the distance/normalisation head: the anomaly signal is a small difference
+# of large activations, so these are a candidate for staying in float
+ELEMENTWISE = ("Add", "Subtract", "Multiply", "Divide", "Power", "ReduceMean", "ReduceMax", "Interpolate", "Concat")
 
 
 def _ov():  # noqa: ANN202
@@ -58,3 +64,28 @@ def quantize_nncf(fp32: Path, out: Path, reader: CalibrationReader, device: str 
     q = nncf.quantize(model, dataset, **kwargs)
     ov.save_model(q, str(out), compress_to_fp16=False)
     return out
+
+
+class OpenVinoQuantizer(Quantizer):
+    """NNCF INT8 IR for OpenVINO, for the CPU's or the NPU's quantization scheme (`device`)."""
+
+    name = "openvino"
+    backend = "openvino"
+    artifact = "model_int8.xml"
+
+    def candidates(self, finals: list[str], head: list[str],
+                   sensitive: list[list[str]]) -> list[dict[str, Any]]:
+        keep = keep_float_sets(finals, sensitive)
+        # NNCF fuses activations itself; what varies is what stays float, with and without the elementwise
+        # ops (by type: the head's node names do not cover what NNCF quantizes around it, measured)
+        return [{"keep_float": k} for k in keep] + [{"keep_float": k, "float_types": list(ELEMENTWISE)} for k in keep]
+
+    def build(self, fp32: Path, out: Path, calib: CalibrationReader, cand: dict[str, Any], device: str,
+              work: Path) -> Path:
+        return quantize_nncf(fp32, out, calib, device, cand["keep_float"], cand.get("float_types"))
+
+    def float_artifact(self, fp32: Path, out: Path) -> Path:
+        return convert_fp32(fp32, out / "model_fp32.xml")
+
+
+register(OpenVinoQuantizer())

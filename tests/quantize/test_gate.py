@@ -69,13 +69,13 @@ def test_edge_quantize_and_edge_deploy_gate_with_the_same_defaults(tmp_path, mon
     from deploy.cli import _quantized
     from quantize.gate import MAX_DROP, MAX_FAR_INCREASE
 
-    a = qcli.build_parser().parse_args(["run", "--runtime", "ort"])
+    a = qcli.build_parser().parse_args(["run", "--runtime", "onnxruntime"])
     assert (a.max_drop, a.max_far_increase) == (MAX_DROP, MAX_FAR_INCREASE)
     ps = inspect.signature(qcli.quantize_run).parameters
     assert (ps["max_drop"].default, ps["max_far_increase"].default) == (MAX_DROP, MAX_FAR_INCREASE)
     # edge-deploy (no quant.json yet) quantizes with the same bounds and edge-quantize's other defaults
     calls = []
     monkeypatch.setattr(qcli, "quantize_run", lambda *args, **kw: calls.append((args, kw)) or {})
-    _quantized(tmp_path, "ort", MAX_DROP, "CPU")
+    _quantized(tmp_path, "onnxruntime", MAX_DROP, "CPU")
     (args, kw), = calls
-    assert args == (tmp_path, "ort", MAX_DROP) and kw == {"device": "CPU", "max_far_increase": MAX_FAR_INCREASE}
+    assert args == (tmp_path, "onnxruntime", MAX_DROP) and kw == {"device": "CPU", "max_far_increase": MAX_FAR_INCREASE}

@@ -13,9 +13,11 @@ from PIL import Image
 def fast_quantize(monkeypatch):
     """One candidate and no sensitivity pass: what these tests check does not depend on the search."""
     import quantize.cli as qcli
+    from quantize.runtimes import quantizer
 
     monkeypatch.setattr(qcli, "_sensitivity", lambda *a: {})
-    monkeypatch.setattr(qcli, "_candidates", lambda *a: [{"method": "minmax", "scope": "conv", "keep_float": []}])
+    monkeypatch.setattr(quantizer("onnxruntime"), "candidates",
+                        lambda *a: [{"method": "minmax", "scope": "conv", "keep_float": []}])
 
 
 @pytest.fixture()
@@ -55,10 +57,10 @@ def test_int8_threshold_uses_the_models_score_rule(top_run, fast_quantize):
 
     card = read_model_card(top_run)
     assert card.normalisation.score_pool == "top" and card.normalisation.score_k > 1
-    res = quantize_run(top_run, "ort", max_drop=1.0, max_far_increase=1.0)
+    res = quantize_run(top_run, "onnxruntime", max_drop=1.0, max_far_increase=1.0)
     # what the device computes: the artifact's own score output, re-anchored by the bundle's affine
     _, held_out, _ = build_sets(card, None)
-    backend = create_backend("onnxruntime", top_run / "quantized" / "ort" / res["artifact"], "cpu")
+    backend = create_backend("onnxruntime", top_run / "quantized" / "onnxruntime" / res["artifact"], "cpu")
     affine = OutputAffine(**res["output_affine"])
     scores = np.array([affine.apply(backend.infer(x)).score for x in held_out])
     assert res["threshold"] == pytest.approx(threshold_at_far(scores, card.false_alarm_rate_target), rel=1e-5)
@@ -69,10 +71,10 @@ def test_deploy_requantizes_when_model_onnx_changed(run_copy, fast_quantize, cap
     from deploy.cli import _quantized
     from quantize.provenance import file_sha256
 
-    first = _quantized(run_copy, "ort", 1.0, "CPU", max_far_increase=1.0)
-    old_art = (run_copy / "quantized" / "ort" / first["artifact"]).read_bytes()
+    first = _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
+    old_art = (run_copy / "quantized" / "onnxruntime" / first["artifact"]).read_bytes()
     capsys.readouterr()
-    again = _quantized(run_copy, "ort", 1.0, "CPU", max_far_increase=1.0)
+    again = _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
     assert "using existing" in capsys.readouterr().out and again["source"] == first["source"]
 
     # a retrain: same contract, different weights (here: one initializer nudged)
@@ -82,19 +84,19 @@ def test_deploy_requantizes_when_model_onnx_changed(run_copy, fast_quantize, cap
     init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
     onnx.save(proto, str(run_copy / "model.onnx"))
 
-    res = _quantized(run_copy, "ort", 1.0, "CPU", max_far_increase=1.0)
+    res = _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
     out = capsys.readouterr().out
-    assert "quantized/ort is stale: model.onnx changed since it was quantized; re-quantizing" in out
+    assert "quantized/onnxruntime is stale: model.onnx changed since it was quantized; re-quantizing" in out
     assert res["source"]["model_sha256"] == file_sha256(run_copy / "model.onnx")
-    assert (run_copy / "quantized" / "ort" / res["artifact"]).read_bytes() != old_art
+    assert (run_copy / "quantized" / "onnxruntime" / res["artifact"]).read_bytes() != old_art
 
 
 def test_deploy_requantizes_when_gate_settings_changed(run_copy, fast_quantize, capsys):
     from deploy.cli import _quantized
 
-    _quantized(run_copy, "ort", 1.0, "CPU", max_far_increase=1.0)
+    _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
     capsys.readouterr()
-    res = _quantized(run_copy, "ort", 1.0, "CPU", max_far_increase=0.5)
+    res = _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=0.5)
     assert "stale: settings changed (max_far_increase 1.0 -> 0.5)" in capsys.readouterr().out
     assert res["source"]["settings"]["max_far_increase"] == 0.5
 
@@ -103,11 +105,11 @@ def test_quant_json_without_a_source_is_stale(run_copy, fast_quantize, capsys):
     """An artifact made before sources were recorded cannot be shown to match: it is rebuilt, not trusted."""
     from deploy.cli import _quantized
 
-    first = _quantized(run_copy, "ort", 1.0, "CPU", max_far_increase=1.0)
-    qjson = run_copy / "quantized" / "ort" / "quant.json"
+    first = _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
+    qjson = run_copy / "quantized" / "onnxruntime" / "quant.json"
     qjson.write_text(json.dumps({k: v for k, v in first.items() if k != "source"}))
     capsys.readouterr()
-    _quantized(run_copy, "ort", 1.0, "CPU", max_far_increase=1.0)
+    _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
     assert "stale: quant.json records no source" in capsys.readouterr().out
 
 

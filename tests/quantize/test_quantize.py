@@ -10,7 +10,7 @@ from quantize.cli import quantize_run
 from quantize.gate import gate_report
 
 
-@pytest.mark.parametrize("runtime", ["ort", "openvino"])
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
     res = quantize_run(tiny_run, runtime, max_drop=1.0, max_far_increase=1.0)
     assert res["gate"]["passed"]
@@ -42,6 +42,17 @@ def test_selection_takes_the_fastest_candidate_that_keeps_accuracy():
     lossy = [rows[2], {"selection_auroc": 0.95, "spearman": 0.9, "latency_ms": 15.0}]
     assert _choose(lossy, fp32_auroc=1.0, max_drop=0.005) == 1  # none acceptable: the most accurate
     assert _choose(rows, fp32_auroc=1.0, max_drop=0.005) == 1  # default: AUROC on the graded set decides
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "tensorrt"])
+def test_each_searched_runtime_lists_distinct_candidates(runtime):
+    from quantize.runtimes import quantizer
+
+    finals, head = ["/m/final"], ["/m/head/Sub"]
+    cands = quantizer(runtime).candidates(finals, head, [["/m/a"], ["/m/a"], []])  # a repeat and an empty set
+    assert cands and all(c == json.loads(json.dumps(c)) for c in cands)  # recorded as they are in quant.json
+    assert len({json.dumps(c, sort_keys=True) for c in cands}) == len(cands)
+    assert all(set(c.get("keep_float", [])) <= {*finals, *head, "/m/a"} for c in cands)
 
 
 def test_search_skips_supersets_in_float_of_a_passing_candidate():
@@ -88,10 +99,12 @@ def test_gate_fails_when_int8_scores_are_scrambled():
 
 
 def test_cli_exits_1_when_gate_is_exceeded(tiny_run):
+    # `ort`, the old spelling, still works and writes where the one spelling says
     r = subprocess.run([sys.executable, "-m", "quantize.cli", str(tiny_run), "--runtime", "ort", "--max-drop", "-1"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "gate failed" in r.stderr
-    assert json.loads((tiny_run / "quantized" / "ort" / "quant.json").read_text())["gate"]["passed"] is False
+    assert "--runtime ort is deprecated; use --runtime onnxruntime" in r.stderr
+    assert json.loads((tiny_run / "quantized" / "onnxruntime" / "quant.json").read_text())["gate"]["passed"] is False
 
 
 def test_tensorrt_graph_is_symmetric_qdq_and_runs_in_ort(tiny_run):

@@ -57,7 +57,7 @@ def test_next_hint_names_the_deploy_targets_of_the_runtime():
     from quantize.cli import next_hint
 
     run = Path("runs/a")
-    assert next_hint(run, "ort") == "next: edge-deploy --target arm|cpu runs/a --out bundles/a"
+    assert next_hint(run, "onnxruntime") == "next: edge-deploy --target arm|cpu runs/a --out bundles/a"
     assert next_hint(run, "openvino") == "next: edge-deploy --target intel-npu|cpu runs/a --out bundles/a"
     assert next_hint(run, "tensorrt") == "next: edge-deploy --target jetson runs/a --out bundles/a"
     assert "no edge-deploy target" in next_hint(run, "litert")
@@ -75,8 +75,8 @@ def test_quantize_ends_with_the_next_command_only_when_the_gate_passes(monkeypat
 
     monkeypatch.setattr(qcli, "quantize_run", fake)
     passed = True
-    assert qcli.main(["runs/a", "--runtime", "ort"]) == 0
+    assert qcli.main(["runs/a", "--runtime", "onnxruntime"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "next: edge-deploy --target arm|cpu runs/a --out bundles/a"
     passed = False
-    assert qcli.main(["runs/a", "--runtime", "ort"]) == 1
+    assert qcli.main(["runs/a", "--runtime", "onnxruntime"]) == 1
     assert "next:" not in capsys.readouterr().out
