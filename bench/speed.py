@@ -80,14 +80,15 @@ def _ceiling(runs: int, tmp: Path) -> dict[str, float]:
 
 def _artifacts(run: Path, max_drop: float, max_calib: int) -> dict[str, Path]:
     from quantize.cli import quantize_run
+    from quantize.runtimes import quantizer
     from quantize.runtimes.openvino import convert_fp32
 
     arts = {"ort fp32": run / "model.onnx"}
-    for rt, key, name in (("ort", "ort int8", "model_int8.onnx"), ("openvino", "openvino int8", "model_int8.xml")):
+    for rt, key in (("onnxruntime", "ort int8"), ("openvino", "openvino int8")):
         q = run / "quantized" / rt / "quant.json"
         if not q.is_file():
             quantize_run(run, rt, max_drop, max_calib=max_calib)
-        arts[key] = run / "quantized" / rt / name
+        arts[key] = run / "quantized" / rt / quantizer(rt).artifact
     arts["openvino fp32"] = convert_fp32(run / "model.onnx", run / "quantized" / "model_fp32.xml")
     return arts
 
@@ -112,7 +113,7 @@ def bench_run(run: Path, runs: int, max_drop: float, max_calib: int) -> list[dic
         rows.append({"runtime": name, **_time(lambda: b.infer(xn), runs)})
         b.close()
     gates = {}
-    for rt in ("ort", "openvino"):
+    for rt in ("onnxruntime", "openvino"):
         g = json.loads((run / "quantized" / rt / "quant.json").read_text())["gate"]
         gates[rt] = g
     med = {r["runtime"]: r["median_ms"] for r in rows}
@@ -122,7 +123,7 @@ def bench_run(run: Path, runs: int, max_drop: float, max_calib: int) -> list[dic
         fam = r["runtime"].split()[0]
         if r["runtime"].endswith("int8"):
             r["int8_speedup"] = med[f"{fam} fp32"] / r["median_ms"]
-            g = gates["ort" if fam == "ort" else "openvino"]
+            g = gates["onnxruntime" if fam == "ort" else "openvino"]
             r["auroc_drop"] = g["image_auroc_drop"]
             r["spearman"] = g["spearman_scores"]
     return rows
@@ -177,7 +178,7 @@ def main() -> int:
             r["ceiling_int8_speedup"] = ceiling[r["runtime"]] / ceiling[f"{fam} fp32"]
     profiles = {}
     for run in a.runs_dirs:
-        for name, path in (("ort fp32", run / "model.onnx"), ("ort int8", run / "quantized" / "ort" / "model_int8.onnx")):
+        for name, path in (("ort fp32", run / "model.onnx"), ("ort int8", run / "quantized" / "onnxruntime" / "model_int8.onnx")):
             profiles[f"{run.name} {name}"] = branch_profile(path)
     save(a.out / "speed.json", {"machine": machine(), "ceiling": CEILING, "ceiling_gmac_per_s": ceiling, "rows": rows,
                                 "ort_time_share_by_branch": profiles})

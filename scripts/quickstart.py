@@ -70,7 +70,7 @@ def main() -> int:
     # swapping order between FP32 and INT8 on a 5-minute model (a 0.031 drop seen on a 120-step run)
     # and one more false alarm among its 12 good test images is 8.3 %, so the false-alarm bound is 0.1 here
     gate = ["--max-drop", "0.05", "--max-far-increase", "0.1"]
-    _run([py, "-m", "quantize.cli", str(run), "--runtime", "ort", *gate])
+    _run([py, "-m", "quantize.cli", str(run), "--runtime", "onnxruntime", *gate])
     key = out / "keys" / "signing"
     if not key.with_suffix(".key").is_file():
         _run([py, "-m", "deploy.cli", "keygen", str(key)])
@@ -125,7 +125,7 @@ def main() -> int:
     counts = {k: sum(v["outcome"] == k for v in received) for k in ("ok", "ng", "error")}
     print(f"\n{len(received)} verdicts received over MQTT: {counts}")
     print(f"report and plots: {run / 'report.json'}, {run / 'plots'}")
-    print(f"INT8 gate: {run / 'quantized' / 'ort' / 'quant.json'}  heatmaps of NG frames: {out / 'state' / 'heatmaps'}")
+    print(f"INT8 gate: {run / 'quantized' / 'onnxruntime' / 'quant.json'}  heatmaps of NG frames: {out / 'state' / 'heatmaps'}")
     return 0 if len(received) == len(frames) + 1 else 1
 
 

@@ -107,7 +107,7 @@ def _print_report(report: dict[str, Any], out: Path) -> None:
 def _next_deploy(run: Path) -> str:
     """The hint after a run is trained or evaluated: build a bundle (edge-deploy quantizes and gates INT8)."""
     return (f"next: edge-deploy --target cpu {run} --out bundles/{run.name}   (INT8 alone first: "
-            f"edge-quantize {run} --runtime ort)")
+            f"edge-quantize {run} --runtime onnxruntime)")
 
 
 def _refuse_reuse(out: Path, resume: bool, overwrite: bool) -> str | None:

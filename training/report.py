@@ -65,8 +65,8 @@ def write_plots(arrays: dict[str, np.ndarray], threshold: float, out: Path, titl
 
     Args:
         threshold: the model's own threshold; misses and false alarms are counted at it.
-        other_thresholds: further thresholds a bundle of this run uses (e.g. {"ort INT8": 0.12}), drawn on
-            the histogram.
+        other_thresholds: further thresholds a bundle of this run uses (e.g. {"onnxruntime INT8": 0.12}),
+            drawn on the histogram.
     """
     import matplotlib
 

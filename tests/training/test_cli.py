@@ -42,8 +42,8 @@ def test_fit_resume_and_report(tmp_path, tiny_data):
     assert all((out / "plots" / p).stat().st_size > 1000 for p in rep["plots"])
     assert rep["threshold_basis"]["warning"] and rep["threshold_basis"] == meta["threshold_basis"]
     # --overwrite starts clean: the old INT8 artifacts go with the old model
-    (out / "quantized" / "ort").mkdir(parents=True)
-    (out / "quantized" / "ort" / "quant.json").write_text("{}")
+    (out / "quantized" / "onnxruntime").mkdir(parents=True)
+    (out / "quantized" / "onnxruntime" / "quant.json").write_text("{}")
     r = _run(*common, "--steps", "2", "--overwrite")
     assert r.returncode == 0, r.stderr
     assert "--overwrite: removed" in r.stdout and not (out / "quantized").exists()
@@ -53,7 +53,7 @@ def test_fit_resume_and_report(tmp_path, tiny_data):
 def test_fit_refuses_a_used_run_folder_without_resume_or_overwrite(tmp_path, tiny_data):
     """ux-r2 E1: fit into an existing run overwrote it quietly, and deploy then shipped its old INT8 model."""
     out = tmp_path / "run"
-    (out / "quantized" / "ort").mkdir(parents=True)
+    (out / "quantized" / "onnxruntime").mkdir(parents=True)
     (out / "model.pt").write_bytes(b"old")
     r = _run("fit", "--data", str(tiny_data), "--model", "efficientad-tiny", "--size", "64", "--steps", "1",
              "--out", str(out), "--quiet")
@@ -69,7 +69,7 @@ def test_overwrite_removes_only_what_a_run_writes(tmp_path):
 
     for name in ("model.pt", "model.onnx", "model.json", "report.json", "notes.txt"):
         (tmp_path / name).write_text("x")
-    (tmp_path / "quantized" / "ort").mkdir(parents=True)
+    (tmp_path / "quantized" / "onnxruntime").mkdir(parents=True)
     (tmp_path / "plots").mkdir()
     removed = {"model.pt", "model.onnx", "model.json", "report.json", "quantized", "plots"}
     assert set(_clear_run(tmp_path)) == removed

@@ -62,12 +62,12 @@ def test_bundle_thresholds_take_only_current_passing_int8_artifacts(tmp_path):
 
     (tmp_path / "model.onnx").write_bytes(b"model")
     sha = hashlib.sha256(b"model").hexdigest()
-    for rt, model_sha, passed, thr in [("ort", sha, True, 0.3), ("openvino", sha, False, 0.4),
+    for rt, model_sha, passed, thr in [("onnxruntime", sha, True, 0.3), ("openvino", sha, False, 0.4),
                                        ("tensorrt", "old", True, 0.5)]:
         (tmp_path / "quantized" / rt).mkdir(parents=True)
         (tmp_path / "quantized" / rt / "quant.json").write_text(json.dumps(
             {"threshold": thr, "gate": {"passed": passed}, "source": {"model_sha256": model_sha}}))
-    assert _bundle_thresholds(tmp_path, SimpleNamespace(threshold=0.25)) == {"fp32": 0.25, "int8 ort": 0.3}
+    assert _bundle_thresholds(tmp_path, SimpleNamespace(threshold=0.25)) == {"fp32": 0.25, "int8 onnxruntime": 0.3}
 
 
 def _eval(*args):
