@@ -58,7 +58,8 @@ def _report(state: Any, data: Any, out: Path, run: Path) -> dict[str, Any]:
               "training_data_fingerprint": state.fingerprint, **report,
               "bundle_thresholds": bundle_thresholds,
               "false_alarm_rate_target": state.config.false_alarm_rate, "threshold_basis": _threshold_basis(state),
-              "train_minutes": state.meta.get("train_minutes"), "steps_done": state.meta.get("steps_done")}
+              "train_minutes": state.meta.get("train_minutes"), "steps_done": state.meta.get("steps_done"),
+              "recipe": state.config.recipe, "fusion": state.meta.get("fusion")}
     out.mkdir(parents=True, exist_ok=True)
     if (out / "plots").is_dir():
         shutil.rmtree(out / "plots")
@@ -176,6 +177,7 @@ def _cmd_fit(a: argparse.Namespace) -> int:
           f"images, target false alarms {cfg.false_alarm_rate:.2%})")
     if basis["warning"]:
         print(f"  warning: {basis['warning']}")
+    print(_describe_fusion(state.meta.get("fusion") or {}))
     _print_report(report, out)
     print(_next_deploy(out))
     return 0
@@ -198,6 +200,14 @@ def _cmd_recipes(a: argparse.Namespace) -> int:
             print("  measured: see docs/benchmarks.md (the defaults)")
     print("use: edge-train fit --recipe NAME --data DATA --out RUN")
     return 0
+
+
+def _describe_fusion(fusion: dict[str, Any]) -> str:
+    """One line: which map weights the selection set chose, among what, or why nothing was chosen."""
+    if "chosen" not in fusion:
+        return f"fusion: the recipe's ({fusion.get('skipped', 'not recorded')})"
+    tried = "; ".join(f"{c['map_weights']} {c['selection_auroc']:.3f}" for c in fusion["candidates"])
+    return f"fusion: map weights {fusion['chosen']['map_weights']} chosen on the selection set (AUROC of each: {tried})"
 
 
 def _eval_dir(run: Path, data: Path) -> Path:

@@ -29,6 +29,8 @@ class FitConfig(BaseModel):
     seed: int = Field(0, description="seed of every random choice")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="good images held out when the layout has no validation set")
     false_alarm_rate: float = Field(0.005, ge=0, lt=1, description="target false-alarm rate of the threshold on good images")
+    select_fusion: bool = Field(True, description="choose how the maps are weighted on held-out good images with "
+                                "synthetic defects (training.selection); off: the recipe's weights")
     max_minutes: float | None = Field(None, gt=0, description="stop training after this many minutes")
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")

@@ -164,7 +164,8 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     _save_checkpoint(ckpt, model, opt, steps_done, train_minutes)
     model.to("cpu", memory_format=torch.contiguous_format).eval()
     model.equalize_channels(train)
-    model.calibrate(val)
+    good_raw = model.calibrate(val)
+    fusion = _choose_fusion(model, val, good_raw, cfg)
     _, val_scores = score_images(model, val)
     threshold = threshold_at_far(val_scores, cfg.false_alarm_rate)
     meta = {
@@ -178,11 +179,28 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
         "dataset": str(data.root.resolve()),
         "val_scores": [round(float(s), 6) for s in val_scores],
         "threshold_basis": threshold_basis(len(val_scores), cfg.false_alarm_rate),
+        "fusion": fusion,
         "history": history,
     }
     state = RunState(model, cfg, threshold, data.fingerprint(), meta)
     save_run(out, state)
     return state
+
+
+MIN_SELECTION_IMAGES = 8  # fewer held-out good images than this: the recipe's fusion is kept as it is
+
+
+def _choose_fusion(model: AnomalyModel, val: torch.Tensor, good_raw: list[Any], cfg: FitConfig) -> dict[str, Any]:
+    """The fusion of maps chosen on the label-free selection set (training.selection), or why none was."""
+    from training.selection import choose_fusion
+
+    if not cfg.select_fusion:
+        return {"skipped": "select_fusion is off: the recipe's fusion is used"}
+    if len(model.fusion_options()) < 2:
+        return {"skipped": "the model offers one fusion"}
+    if len(val) < MIN_SELECTION_IMAGES:
+        return {"skipped": f"{len(val)} held-out good images (a choice needs {MIN_SELECTION_IMAGES})"}
+    return choose_fusion(model, val, good_raw, cfg.seed)
 
 
 def save_run(out: Path, state: RunState) -> None:

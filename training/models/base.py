@@ -18,7 +18,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-__all__ = ["AnomalyModel", "FamilyParams", "TrainBatch", "REGISTRY", "register"]
+__all__ = ["AnomalyModel", "FamilyParams", "RawOutputs", "TrainBatch", "REGISTRY", "register"]
+
+# a batch's raw maps (each Bx1xhxw) and raw global score [B] (None without a global branch)
+RawOutputs = tuple[list[torch.Tensor], "torch.Tensor | None"]
 
 
 class FamilyParams(BaseModel):
@@ -111,9 +114,14 @@ class AnomalyModel(nn.Module, ABC):
         """image Bx3xSxS RGB in [0, 1] -> (anomaly_map Bx1xSxS normalised, score [B])."""
         maps, global_raw = self.raw(image)
         combined, score = self._pool(self._normalise(maps))
-        if global_raw is not None:
-            score = score + self.global_gain * (global_raw - self.global_mean)
-        return combined, score
+        return combined, self._add_global(score, global_raw)
+
+    def score_from_raw(self, maps: list[torch.Tensor], global_raw: torch.Tensor | None) -> torch.Tensor:
+        """The image score forward() gives for these raw outputs (fusions are compared without new passes)."""
+        return self._add_global(self._pool(self._normalise(maps))[1], global_raw)
+
+    def _add_global(self, score: torch.Tensor, global_raw: torch.Tensor | None) -> torch.Tensor:
+        return score if global_raw is None else score + self.global_gain * (global_raw - self.global_mean)
 
     def _pool(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted sum of normalised maps on the input grid, and its pooled image score."""
@@ -132,9 +140,9 @@ class AnomalyModel(nn.Module, ABC):
         return combined, score
 
     @torch.no_grad()
-    def calibrate(self, good_images: torch.Tensor, batch_size: int = 8) -> None:
+    def calibrate(self, good_images: torch.Tensor, batch_size: int = 8) -> list[RawOutputs]:
         """From held-out good images: the q 0.9 / 0.995 normalisation of every raw map, then the global
-        branch's fusion (its mean, and a gain that gives its z-score the pooled map score's spread)."""
+        branch's fusion. Returns the images' raw outputs (choosing a fusion reuses them)."""
         outs = [self.raw(good_images[i : i + batch_size]) for i in range(0, len(good_images), batch_size)]
         for k in range(len(outs[0][0])):
             values = torch.cat([maps[k].flatten() for maps, _ in outs])
@@ -143,13 +151,28 @@ class AnomalyModel(nn.Module, ABC):
             lo, hi = torch.quantile(values, 0.9), torch.quantile(values, 0.995)
             self.q_lo[k] = lo
             self.q_hi[k] = torch.maximum(hi, lo + 1e-6)
-        if outs[0][1] is None or self.global_weight() <= 0 or len(good_images) < 2:
+        self._fit_global_gain(outs)
+        return outs
+
+    def _fit_global_gain(self, good: list[RawOutputs]) -> None:
+        """The global score's mean on good images, and the gain that gives its z-score the pooled map
+        score's spread times global_weight() (0 without a global branch or with fewer than two images)."""
+        glob = [g for _, g in good if g is not None]
+        if not glob or self.global_weight() <= 0 or sum(len(g) for g in glob) < 2:
             self.global_gain.zero_()
             return
-        pooled = torch.cat([self._pool(self._normalise(maps))[1] for maps, _ in outs])
-        glob = torch.cat([g for _, g in outs if g is not None])
-        self.global_mean.fill_(float(glob.mean()))
-        self.global_gain.fill_(self.global_weight() * float(pooled.std() / glob.std().clamp_min(1e-12)))
+        pooled = torch.cat([self._pool(self._normalise(maps))[1] for maps, _ in good])
+        g = torch.cat(glob)
+        self.global_mean.fill_(float(g.mean()))
+        self.global_gain.fill_(self.global_weight() * float(pooled.std() / g.std().clamp_min(1e-12)))
+
+    # --- fusion choices (training.selection picks one per run) --------------------------------
+    def fusion_options(self) -> list[dict[str, Any]]:
+        """The ways this model can fuse its maps and global score, its own setting first."""
+        return [{}]
+
+    def apply_fusion(self, option: dict[str, Any], good: list[RawOutputs]) -> None:
+        """Use one of fusion_options(); good = calibrate()'s raw outputs of the held-out good images."""
 
 
 REGISTRY: dict[str, type[AnomalyModel]] = {}

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from training.errors import TrainConfigError
-from training.models.base import AnomalyModel, FamilyParams, TrainBatch, register
+from training.models.base import AnomalyModel, FamilyParams, RawOutputs, TrainBatch, register
 from training.models.pdn import PDN_WIDTHS, Autoencoder, Pdn, equalize_channels, pdn_grid
 from training.models.snc import SncHead
 from training.models.teachers import LiteTarget, load_pdn_teacher
@@ -171,6 +171,7 @@ class EfficientAd(AnomalyModel):
             self.register_buffer("g_proj", torch.eye(g_channels)[:d].view(d, g_channels, 1, 1))
             self.register_buffer("g_mean", torch.zeros(1, d, g, g))
             self.register_buffer("g_whiten", torch.eye(d).expand(g * g, d, d).clone())
+        self._global_w = params.global_weight
         if params.global_weight > 0:
             self.register_buffer("gl_mean", torch.zeros(1, t_channels))
             self.register_buffer("gl_whiten", torch.eye(t_channels))
@@ -212,7 +213,27 @@ class EfficientAd(AnomalyModel):
             self._fit_global(self._cache.mean(dim=(2, 3)))
 
     def global_weight(self) -> float:
-        return self.params.global_weight
+        return self._global_w
+
+    def fusion_options(self) -> list[dict[str, Any]]:
+        # the map weights are chosen on the selection set, the global weight is the recipe's: the selection
+        # set ranked map weights as the test labels did on ELPV but ranked global weights backwards on the
+        # synthetic parts (its logical changes are visible to the local maps; bench.selection, docs/benchmarks.md)
+        own = list(self.params.map_weights)
+        options = [own]
+        if self.use_ae:  # without the autoencoder's map: textures have no context for it to learn (ELPV)
+            st, _, gauss = own
+            options.append([st, 0.0, 2 * gauss] if self.use_gauss else [st, 0.0, 0.0])
+        return [{"map_weights": m, "global_weight": self.params.global_weight} for m in options]
+
+    def apply_fusion(self, option: dict[str, Any], good: list[RawOutputs]) -> None:
+        if not option:
+            return
+        st, ae, gauss = option["map_weights"]
+        present = [st] + [ae] * self.use_ae + [gauss] * self.use_gauss
+        self.map_weight.copy_(torch.tensor(present) / sum(present))
+        self._global_w = float(option["global_weight"])
+        self._fit_global_gain(good)
 
     def _fit_global(self, x: torch.Tensor) -> None:
         """Gaussian of the images' mean teacher features (PUAD's global branch: a missing, extra or swapped part

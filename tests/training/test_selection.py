@@ -1,0 +1,64 @@
+"""The label-free selection set and the fusion chosen on it."""
+
+import numpy as np
+import pytest
+import torch
+
+from training.models import build_model
+from training.selection import STRENGTHS, choose_fusion, logical_defects, selection_set, structural_defects
+
+
+def _goods(n: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = 0.6 + 0.05 * torch.randn(n, 3, 64, 64, generator=gen)
+    x[:, :, 20:44, 20:44] = 0.2
+    return x.clamp(0, 1)
+
+
+def test_selection_set_holds_the_goods_then_graded_structural_and_logical_defects():
+    goods = _goods(5)
+    images, labels = selection_set(goods)
+    n = len(goods)
+    assert images.shape == (n * (2 + len(STRENGTHS)), 3, 64, 64) and labels.tolist() == [0] * n + [1] * (len(images) - n)
+    assert torch.equal(images[:n], goods)
+    # a stronger rung departs further from its good image
+    d = [float((images[n * (k + 1) : n * (k + 2)] - goods).abs().sum()) for k in range(len(STRENGTHS))]
+    assert d == sorted(d) and d[0] > 0
+    assert float((images[-n:] - goods).abs().amax(dim=(1, 2, 3)).min()) > 0.05  # every logical change shows
+
+
+def test_defect_generators_are_seeded_and_change_the_image():
+    u8 = [(g.permute(1, 2, 0).numpy() * 255).astype(np.uint8) for g in _goods(4)]
+    a, masks = structural_defects(u8, 64, 3)
+    b, _ = structural_defects(u8, 64, 3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and masks.any(axis=(1, 2)).all()
+    logical = logical_defects(u8, 64, 3)
+    assert all(not np.array_equal(x, g) for x, g in zip(logical, u8))
+
+
+def test_fusion_choice_scores_each_option_applies_the_best_and_keeps_the_recipe_on_a_tie():
+    torch.manual_seed(0)
+    model = build_model("efficientad-tiny", {"pretrained_backbone": False}, 64).eval()
+    model.prepare(_goods(12), progress=False)
+    val = _goods(8, seed=1)
+    good_raw = model.calibrate(val)
+    res = choose_fusion(model, val, good_raw)
+    options = model.fusion_options()
+    assert [{k: v for k, v in c.items() if k != "selection_auroc"} for c in res["candidates"]] == options
+    assert options[0]["map_weights"] == [1.0, 1.0, 1.0] and options[1]["map_weights"] == [1.0, 0.0, 2.0]
+    best = max(c["selection_auroc"] for c in res["candidates"])
+    first_best = next(c for c in res["candidates"] if c["selection_auroc"] == best)
+    assert res["chosen"]["map_weights"] == first_best["map_weights"]
+    st, ae, gauss = res["chosen"]["map_weights"]
+    assert model.map_weight.tolist() == pytest.approx([st / (st + ae + gauss), ae / (st + ae + gauss), gauss / (st + ae + gauss)])
+    # the score the exported model gives is the chosen fusion's
+    with torch.no_grad():
+        maps, g = model.raw(val[:2])
+        assert torch.allclose(model(val[:2])[1], model.score_from_raw(maps, g))
+
+
+def test_fit_records_why_no_fusion_was_chosen_with_few_held_out_images(tiny_run):
+    from training.loop import load_run
+
+    fusion = load_run(tiny_run).meta["fusion"]
+    assert "held-out good images" in fusion["skipped"]
