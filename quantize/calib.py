@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
 
 from edge.contract import ModelCard, load_image, load_input, to_input
 from quantize.errors import QuantizeError
@@ -51,37 +50,6 @@ class GateSet:
     labels: np.ndarray
     masks: np.ndarray | None
     origin: str
-
-
-def _paste_defects(goods: list[np.ndarray], size: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Synthetic defects on good images: blobs, scratches and foreign patches, with masks."""
-    rng = np.random.default_rng(seed)
-    out, masks = [], []
-    for i, rgb in enumerate(goods):
-        img = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
-        mask = Image.new("L", (size, size), 0)
-        d, dm = ImageDraw.Draw(img), ImageDraw.Draw(mask)
-        cx, cy = rng.uniform(0.2, 0.8, size=2) * size
-        r = rng.uniform(0.04, 0.1) * size
-        kind = i % 3
-        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
-        if kind == 0:
-            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
-            dm.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-        elif kind == 1:
-            x1, y1 = cx + rng.uniform(-3, 3) * r, cy + rng.uniform(-3, 3) * r
-            w = max(2, size // 80)
-            d.line([cx, cy, x1, y1], fill=colour, width=w)
-            dm.line([cx, cy, x1, y1], fill=255, width=w + 2)
-        else:
-            other = Image.fromarray(goods[(i + 1) % len(goods)]).resize((size, size)).rotate(90)
-            box = [int(cx - r), int(cy - r), int(cx + r), int(cy + r)]
-            patch = other.crop(box).filter(ImageFilter.GaussianBlur(1))
-            img.paste(patch, box[:2])
-            dm.rectangle(box, fill=255)
-        out.append(np.asarray(img))
-        masks.append(np.asarray(mask) > 0)
-    return out, np.stack(masks)
 
 
 def _open(card: ModelCard, calib_dir: Path | None, max_calib: int, seed: int) -> tuple[Dataset, list[Path]]:
@@ -137,7 +105,9 @@ def build_sets(card: ModelCard, calib_dir: Path | None, max_calib: int = 64, see
         gate = GateSet(inputs, labels, masks, "labelled test set")
     else:
         goods = [load_image(s.path, size_hint=size) for s in data.val]
-        defects, dmasks = _paste_defects(goods, size, seed)
+        from training.selection import structural_defects
+
+        defects, dmasks = structural_defects(goods, size, seed)
         inputs = held_out + [to_input(d, size) for d in defects]
         labels = np.r_[np.zeros(len(held_out), int), np.ones(len(defects), int)]
         masks = np.concatenate([np.zeros((len(held_out), size, size), bool), dmasks])

@@ -35,6 +35,9 @@ SENSITIVITY_BOUNDS_DB = (20.0, 30.0, 40.0)
 # so the set would not tell a graph that loses faint defects from one that keeps them; the faint rungs make
 # FP32's own AUROC on the set informative and a candidate's drop from it is the loss that matters.
 SELECTION_STRENGTHS = (0.05, 0.1, 0.2, 0.4, 0.8)
+# good images the selection set is built from: each candidate is scored on them and their 5 defect rungs, so
+# this bounds the search's cost (20 at 256 px: 120 inferences per candidate, most of its time)
+MAX_SELECTION_GOODS = 12
 MIN_SPEARMAN = 0.0  # default of --min-spearman: an optional extra guard on rank agreement (off)
 MAX_CALIB = 64  # default of --max-calib: calibration images
 
@@ -46,14 +49,6 @@ def _acceptable(row: dict[str, Any], fp32_auroc: float, max_drop: float, min_spe
     """Whether a measured candidate keeps accuracy: selection AUROC within max_drop of FP32's and, when
     min_spearman > 0, Spearman >= min_spearman."""
     return row["selection_auroc"] >= fp32_auroc - max_drop and (min_spearman <= 0 or row["spearman"] >= min_spearman)
-
-
-def _keeps_more_float(cand: dict[str, Any], other: dict[str, Any]) -> bool:
-    """Whether cand has other's settings but keeps a superset of other's layers and op types in float."""
-    rest = [k for k in {*cand, *other} if k not in ("keep_float", "float_types")]
-    return (all(cand.get(k) == other.get(k) for k in rest)
-            and set(cand.get("keep_float", [])) >= set(other.get("keep_float", []))
-            and set(cand.get("float_types") or []) >= set(other.get("float_types") or []))
 
 
 def _choose(rows: list[dict[str, Any]], fp32_auroc: float, max_drop: float, min_spearman: float = MIN_SPEARMAN) -> int:
@@ -77,12 +72,12 @@ def _sensitivity(fp32: Path, calib: Any, inputs: list[np.ndarray], tmp: Path) ->
 
 def _select_set(held_out: list[np.ndarray], size: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Held-out good images, and each with a pasted defect blended in at every SELECTION_STRENGTHS rung."""
-    from quantize.calib import _paste_defects
+    from training.selection import structural_defects
 
     goods = [(x[0].transpose(1, 2, 0) * 255).round().astype(np.uint8) for x in held_out]
     inputs = list(held_out)
     for k, alpha in enumerate(SELECTION_STRENGTHS):
-        defects, _ = _paste_defects(goods, size, seed + 1 + k)
+        defects, _ = structural_defects(goods, size, seed + 1 + k)
         for good, d in zip(held_out, defects):
             full = np.ascontiguousarray((d.astype(np.float32) / 255).transpose(2, 0, 1)[None])
             inputs.append(good + np.float32(alpha) * (full - good))
@@ -126,7 +121,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
         decision: dict[str, Any] = {"candidates": [], "chosen": q.convert(run, out, calib)}
         artifact = out / q.artifact
     else:
-        sel_inputs, sel_labels = _select_set(held_out, size, 0)
+        sel_inputs, sel_labels = _select_set(held_out[:MAX_SELECTION_GOODS], size, 0)
         f_sel_maps, f_sel = score_all("onnxruntime", fp32, sel_inputs)
         finals, head = final_convs(fp32), head_nodes(fp32)
         fp32_auroc = auroc(sel_labels, f_sel)
@@ -140,12 +135,12 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
         passed: list[int] = []
         skipped = []
         for i, cand in enumerate(cands):
-            beaten = next((j for j in passed if _keeps_more_float(cand, cands[j])), None)
+            beaten = next((j for j in passed if q.no_faster(cand, cands[j])), None)
             if beaten is not None:
-                # the rule keeps the fastest passing candidate, and the same graph with more layers in float is
-                # rarely faster: measure it only while nothing it contains has passed
-                skipped.append({**cand, "skipped": f"keeps in float a superset of candidate {beaten + 1}, which passed"})
-                print(f"[2/4] candidate {i + 1}/{len(cands)}: skipped (superset of {beaten + 1}, which passed)", flush=True)
+                # the rule keeps the fastest passing candidate: what the quantizer knows to be no faster than
+                # one that passed is not measured
+                skipped.append({**cand, "skipped": f"no faster than candidate {beaten + 1}, which passed"})
+                print(f"[2/4] candidate {i + 1}/{len(cands)}: skipped (no faster than {beaten + 1}, which passed)", flush=True)
                 continue
             print(f"[2/4] candidate {i + 1}/{len(cands)}: {_describe(cand)}", flush=True)
             art = q.build(fp32, _mk(tmp / f"c{i}") / q.artifact, calib, cand, device, tmp / "shared")
@@ -171,7 +166,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
                     "sensitivity": {"method": "output SQNR (dB), FP32 vs fully quantized (ORT MinMax)",
                                     "bounds_db": list(SENSITIVITY_BOUNDS_DB),
                                     "sqnr_db": dict(sorted(sqnr.items(), key=lambda kv: kv[1]))},
-                    "selection_set": f"{len(held_out)} held-out good images + {len(sel_labels) - len(held_out)} "
+                    "selection_set": f"{len(sel_labels) - int(sel_labels.sum())} held-out good images + {int(sel_labels.sum())} "
                                      f"pasted defects (strengths {list(SELECTION_STRENGTHS)})",
                     "selection_auroc_fp32": round(fp32_auroc, 5)}
         if q.fp32_copy:

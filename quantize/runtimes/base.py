@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from quantize.calib import CalibrationReader
 from quantize.errors import QuantizeError
 
-__all__ = ["QUANTIZERS", "Quantizer", "keep_float_sets", "quantizer", "register"]
+__all__ = ["QUANTIZERS", "Quantizer", "keep_float_sets", "keeps_more_float", "quantizer", "register"]
 
 
 class Quantizer:
@@ -29,16 +29,22 @@ class Quantizer:
     def candidates(self, finals: list[str], head: list[str],
                    sensitive: list[list[str]]) -> list[dict[str, Any]]:
         """What to try, given the final convolutions, the scoring head and each measured sensitive set."""
-        raise NotImplementedError(f"{self.name} has no candidate search")
+        raise QuantizeError(f"{self.name} has no candidate search")
+
+    def no_faster(self, cand: dict[str, Any], other: dict[str, Any]) -> bool:
+        """Whether cand cannot beat other's latency, so that once other has passed cand is not measured (the
+        rule keeps the fastest passing candidate). Default: the same settings keeping a superset in float,
+        which is rarely faster."""
+        return keeps_more_float(cand, other)
 
     def build(self, fp32: Path, out: Path, calib: CalibrationReader, cand: dict[str, Any], device: str,
               work: Path) -> Path:
         """One candidate's INT8 artifact at out; `work` holds what the candidates of one search share."""
-        raise NotImplementedError(f"{self.name} has no candidate search")
+        raise QuantizeError(f"{self.name} has no candidate search")
 
     def convert(self, run: Path, out: Path, calib: CalibrationReader) -> dict[str, Any]:
         """Write the artifact into out straight from the trained run; returns what was chosen (quant.json)."""
-        raise NotImplementedError(f"{self.name} is quantized by a candidate search")
+        raise QuantizeError(f"{self.name} is quantized by a candidate search")
 
     def float_artifact(self, fp32: Path, out: Path) -> Path:
         """The FP32 model a float bundle of this runtime ships (written under out if it must be converted)."""
@@ -59,6 +65,14 @@ def quantizer(name: str) -> Quantizer:
     if name not in QUANTIZERS:
         raise QuantizeError(f"runtime '{name}' unknown; valid runtimes: {', '.join(sorted(QUANTIZERS))}")
     return QUANTIZERS[name]
+
+
+def keeps_more_float(cand: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether cand has other's settings but keeps a superset of other's layers and op types in float."""
+    rest = [k for k in {*cand, *other} if k not in ("keep_float", "float_types")]
+    return (all(cand.get(k) == other.get(k) for k in rest)
+            and set(cand.get("keep_float", [])) >= set(other.get("keep_float", []))
+            and set(cand.get("float_types") or []) >= set(other.get("float_types") or []))
 
 
 def keep_float_sets(finals: list[str], sensitive: list[list[str]]) -> list[list[str]]:

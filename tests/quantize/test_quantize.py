@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 from quantize.cli import quantize_run
+from quantize.cli import _MEASURED as MEASURED
 from quantize.gate import gate_report
 
 
@@ -18,9 +19,12 @@ def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
     assert res["threshold"] > 0 and res["output_affine"]["scale"] > 0
     mp = res["mixed_precision"]
     assert len(mp["candidates"]) + len(mp["skipped"]) >= 2  # the choice was measured, not assumed
-    for s in mp["skipped"]:  # only what keeps more in float than a passing candidate goes unmeasured
-        kept = set(s["keep_float"]) | set(s.get("float_types") or [])
-        assert any(kept >= set(r["keep_float"]) | set(r.get("float_types") or []) for r in mp["candidates"])
+    from quantize.runtimes.base import quantizer
+
+    settings = lambda r: {k: v for k, v in r.items() if k not in MEASURED + ("skipped",)}  # noqa: E731
+    for s in mp["skipped"]:  # only what is no faster than a measured, passing candidate goes unmeasured
+        assert any(quantizer(runtime).no_faster(settings(s), settings(r)) for r in mp["candidates"]
+                   if r["selection_auroc"] >= mp["selection_auroc_fp32"] - 1.0)
     assert (tiny_run / "quantized" / runtime / "gate.png").stat().st_size > 1000
     sqnr = res["mixed_precision"]["sensitivity"]["sqnr_db"]
     convs = {n.name for n in onnx.load(str(tiny_run / "model.onnx")).graph.node if n.op_type == "Conv"}
@@ -55,8 +59,9 @@ def test_each_searched_runtime_lists_distinct_candidates(runtime):
     assert all(set(c.get("keep_float", [])) <= {*finals, *head, "/m/a"} for c in cands)
 
 
-def test_search_skips_supersets_in_float_of_a_passing_candidate():
-    from quantize.cli import _keeps_more_float
+def test_search_skips_what_is_no_faster_than_a_passing_candidate():
+    from quantize.runtimes.base import keeps_more_float as _keeps_more_float
+    from quantize.runtimes.base import quantizer
 
     base = {"method": "minmax", "scope": "all", "keep_float": ["a"]}
     assert _keeps_more_float({**base, "keep_float": ["a", "b"]}, base)
@@ -64,6 +69,13 @@ def test_search_skips_supersets_in_float_of_a_passing_candidate():
     assert not _keeps_more_float({**base, "keep_float": ["b"]}, base)  # not a superset
     assert not _keeps_more_float({**base, "method": "percentile", "keep_float": ["a", "b"]}, base)  # other settings
     assert not _keeps_more_float({**base, "bias_correction": True}, base)
+    ort = quantizer("onnxruntime")
+    assert ort.no_faster({**base, "bias_correction": True}, base)  # same graph, other bias values
+    assert ort.no_faster({**base, "scope": "conv", "keep_float": []}, base)  # conv scope: the rest in float
+    assert not ort.no_faster(base, {**base, "scope": "conv", "keep_float": []})
+    assert not ort.no_faster({**base, "method": "percentile", "scope": "conv"}, base)  # other calibration
+    cands = ort.candidates(["f"], ["h"], [["s"]])
+    assert [c["scope"] for c in cands].index("conv") > max(i for i, c in enumerate(cands) if c["scope"] == "all")
 
 
 def test_selection_set_grades_the_defects_from_faint_to_plain():
