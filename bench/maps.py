@@ -37,6 +37,7 @@ def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
     student-teacher error restricted to each Lite stage the student regresses."""
     from training.data import open_dataset
     from training.loop import load_images, load_run
+    from training.metrics import auroc
     from training.models.efficientad import EfficientAd
 
     state = load_run(run)
@@ -47,15 +48,20 @@ def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
     images = load_images(ds.test, state.config.size_px)
     labels = np.array([s.label for s in ds.test])
     names = ["student-teacher"] + (["autoencoder"] if m.use_ae else []) + (["gaussian"] if m.use_gauss else [])
-    fused, per_map, st_err = [], [], []
+    fused, scores, per_map, st_err = [], [], [], []
     for i in range(0, len(images), batch):
         x = images[i : i + batch]
-        fused.append(m(x)[0])
+        fused_map, score = m(x)
+        fused.append(fused_map)
+        scores.append(score)
         per_map.append(m.normalised_maps(x))
         t = m._teacher(x)
         t = t if m.st_channels is None else t[:, m.st_channels]
         st_err.append((t - m.student(x)[:, : m.channels]).pow(2))
-    rows = [{"map": "fused (exported score)", **_pooled(labels, torch.cat(fused))}]
+    # the exported score is the fused map's pooling plus the global branch's term, when the model has one
+    exported = round(auroc(labels, torch.cat(scores).numpy()), 4)
+    rows = [{"map": "fused (exported score)", "max": exported, "top1%": None},
+            {"map": "fused map", **_pooled(labels, torch.cat(fused))}]
     for k, name in enumerate(names):
         rows.append({"map": name, **_pooled(labels, torch.cat([c[k] for c in per_map]))})
     err = torch.cat(st_err)

@@ -90,7 +90,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
                  data_dir: Path | None = None, min_spearman: float = MIN_SPEARMAN,
                  max_far_increase: float = MAX_FAR_INCREASE) -> dict[str, Any]:
     """Quantize a trained run for a runtime; returns the result dict (also written as quant.json)."""
-    from quantize.calib import build_sets
+    from quantize.calib import CalibrationReader, build_sets
     from quantize.errors import QuantizeError
     from quantize.gate import gate_report, plot_scores, recalibrate, score_all, score_timed, spearman
     from quantize.graph import final_convs, head_nodes
@@ -132,6 +132,8 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
         sqnr = _sensitivity(fp32, calib, held_out[:4], tmp)
         sensitive = [sensitive_nodes(sqnr, b) for b in SENSITIVITY_BOUNDS_DB]
         cands = q.candidates(finals, head, sensitive)
+        # a runtime that calibrates each candidate afresh is searched on a subset, and the winner rebuilt on all
+        search_calib = calib if q.search_images is None else CalibrationReader(calib.inputs[: q.search_images])
         passed: list[int] = []
         skipped = []
         for i, cand in enumerate(cands):
@@ -143,7 +145,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
                 print(f"[2/4] candidate {i + 1}/{len(cands)}: skipped (no faster than {beaten + 1}, which passed)", flush=True)
                 continue
             print(f"[2/4] candidate {i + 1}/{len(cands)}: {_describe(cand)}", flush=True)
-            art = q.build(fp32, _mk(tmp / f"c{i}") / q.artifact, calib, cand, device, tmp / "shared")
+            art = q.build(fp32, _mk(tmp / f"c{i}") / q.artifact, search_calib, cand, device, tmp / "shared")
             q_maps, q_sel, ms = score_timed(q.backend, art, sel_inputs)
             rows.append({**cand, "selection_auroc": round(auroc(sel_labels, q_sel), 5),
                          "spearman": round(spearman(f_sel, q_sel), 5),
@@ -155,11 +157,15 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
         pick = _choose(rows, fp32_auroc, max_drop, min_spearman)
         chosen = {k: v for k, v in rows[pick].items() if k not in _MEASURED}
         art = arts[pick]
+        if search_calib is not calib and len(search_calib) < len(calib):
+            print(f"[2/4] the chosen candidate again, calibrated on all {len(calib)} images", flush=True)
+            art = q.build(fp32, _mk(tmp / "final") / q.artifact, calib, chosen, device, tmp / "shared")
         for f in art.parent.iterdir():
             shutil.copy2(f, out / f.name)
         shutil.rmtree(tmp, ignore_errors=True)
         artifact = out / q.artifact
-        decision = {"candidates": rows, "skipped": skipped, "chosen": chosen, "final_convs": finals, "head": head,
+        decision = {"candidates": rows, "skipped": skipped, "chosen": chosen,
+                    "search_calibration_images": len(search_calib), "final_convs": finals, "head": head,
                     "rule": f"fastest candidate with selection AUROC >= FP32 {fp32_auroc:.4f} - {max_drop}"
                             + (f" and Spearman >= {min_spearman}" if min_spearman > 0 else "")
                             + "; else the most accurate",

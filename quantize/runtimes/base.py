@@ -24,6 +24,9 @@ class Quantizer:
     artifact: ClassVar[str]  # file name of the INT8 artifact in quantized/<name>/
     searches: ClassVar[bool] = True
     fp32_copy: ClassVar[str | None] = None  # copy of model.onnx written beside the artifact, shipped with it
+    # calibration images of each search candidate when `build` calibrates afresh (None: all); the winner is
+    # then rebuilt on all of them
+    search_images: ClassVar[int | None] = None
     settings: ClassVar[dict[str, str]] = {}  # recorded in quant.json's source; a change re-makes artifacts
 
     def candidates(self, finals: list[str], head: list[str],
