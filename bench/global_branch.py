@@ -32,6 +32,7 @@ def measure(data: Path, out: Path, minutes: float, seed: int) -> list[dict[str, 
     from training.data import open_dataset
     from training.loop import fit, load_images
     from training.metrics import auroc
+    from training.selection import fusion_scores
 
     t0 = time.monotonic()
     ds = open_dataset(data, seed=seed)
@@ -42,23 +43,20 @@ def measure(data: Path, out: Path, minutes: float, seed: int) -> list[dict[str, 
     kinds = np.array([t.kind for t in test])
     images = load_images(test, m.size_px)
     names = ["student-teacher"] + ["autoencoder"] * m.use_ae + ["gaussian"] * m.use_gauss
-    per_map: list[list[np.ndarray]] = [[] for _ in names]
-    pooled, glob = [], []
+    per_map: list[list[torch.Tensor]] = [[] for _ in names]
     with torch.no_grad():
-        for i in range(0, len(images), 8):
-            maps, g = m.raw(images[i : i + 8])
-            normal = m._normalise(maps)
-            for k, nm in enumerate(normal):
+        good_raw = m.calibrate(load_images(ds.val, m.size_px))  # what fit calibrated on, for the fusion gains
+        outs = [m.raw(images[i : i + 8]) for i in range(0, len(images), 8)]
+        for maps, _ in outs:
+            for k, nm in enumerate(m._normalise(maps)):
                 per_map[k].append(nm.flatten(1).amax(dim=1))  # the default pooling (max), on the map's own grid
-            pooled.append(m._pool(normal)[1])
-            glob.append(g)
-    pooled_s = torch.cat(pooled).numpy()
-    glob_s = torch.cat(glob).numpy()
-    gain_1 = float(m.global_gain) / max(m.global_weight(), 1e-12)  # gain at weight 1 (calibrated on good images)
+    glob = [g for _, g in outs]
     scores: dict[str, np.ndarray] = {f"{n} map alone": torch.cat(v).numpy() for n, v in zip(names, per_map)}
-    scores["global alone"] = glob_s
-    for w in WEIGHTS:
-        scores[f"maps + {w} x global" if w else "maps (no global)"] = pooled_s + w * gain_1 * (glob_s - float(m.global_mean))
+    scores["global alone"] = torch.cat(glob).numpy()
+    own = list(m.params.map_weights)
+    grid = [{"map_weights": own, "global_weight": w} for w in WEIGHTS]
+    fused = fusion_scores(m, outs, good_raw, grid)
+    scores.update({f"maps + {w} x global" if w else "maps (no global)": f for w, f in zip(WEIGHTS, fused)})
     rows = []
     for how, s in scores.items():
         row = {"data": data.name, "score": how, "image_auroc": round(auroc(labels, s), 4)}

@@ -30,7 +30,7 @@ def measure(run: Path) -> dict[str, Any]:
     from training.data import open_dataset
     from training.loop import load_images, load_run
     from training.metrics import auroc
-    from training.selection import selection_set
+    from training.selection import fusion_scores, selection_set
 
     state = load_run(run)
     m = state.model
@@ -43,17 +43,14 @@ def measure(run: Path) -> dict[str, Any]:
         good_raw = m.calibrate(goods)
         sel_raw = [m.raw(sel_images[i : i + 8]) for i in range(0, len(sel_images), 8)]
         test_raw = [m.raw(test_images[i : i + 8]) for i in range(0, len(test_images), 8)]
-        rows = []
         maps = {tuple(o["map_weights"]) for o in m.fusion_options()}
         has_global = any(o["global_weight"] > 0 for o in m.fusion_options())
-        for mw in sorted(maps, reverse=True):
-            for w in GLOBAL_WEIGHTS if has_global else (0.0,):
-                m.apply_fusion({"map_weights": list(mw), "global_weight": w}, good_raw)
-                s_sel = torch.cat([m.score_from_raw(a, g) for a, g in sel_raw]).numpy()
-                s_test = torch.cat([m.score_from_raw(a, g) for a, g in test_raw]).numpy()
-                rows.append({"map_weights": list(mw), "global_weight": w,
-                             "selection_auroc": round(auroc(sel_labels, s_sel), 4),
-                             "test_auroc": round(auroc(test_labels, s_test), 4)})
+        grid = [{"map_weights": list(mw), "global_weight": w}
+                for mw in sorted(maps, reverse=True) for w in (GLOBAL_WEIGHTS if has_global else (0.0,))]
+        s_sel = fusion_scores(m, sel_raw, good_raw, grid)
+        s_test = fusion_scores(m, test_raw, good_raw, grid)
+        rows = [{**o, "selection_auroc": round(auroc(sel_labels, a), 4), "test_auroc": round(auroc(test_labels, b), 4)}
+                for o, a, b in zip(grid, s_sel, s_test)]
     sel = np.array([r["selection_auroc"] for r in rows])
     test = np.array([r["test_auroc"] for r in rows])
     pick = int(np.argmax(sel))

@@ -157,7 +157,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
         pick = _choose(rows, fp32_auroc, max_drop, min_spearman)
         chosen = {k: v for k, v in rows[pick].items() if k not in _MEASURED}
         art = arts[pick]
-        if search_calib is not calib and len(search_calib) < len(calib):
+        if len(search_calib) < len(calib):
             print(f"[2/4] the chosen candidate again, calibrated on all {len(calib)} images", flush=True)
             art = q.build(fp32, _mk(tmp / "final") / q.artifact, calib, chosen, device, tmp / "shared")
         for f in art.parent.iterdir():

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["STRENGTHS", "choose_fusion", "logical_defects", "selection_set", "structural_defects"]
+__all__ = ["STRENGTHS", "choose_fusion", "fusion_scores", "logical_defects", "selection_set", "structural_defects"]
 
 # blend strengths of the structural defects: full-strength ones are found by every sensible candidate, so
 # only the faint rungs tell candidates apart
@@ -92,6 +92,17 @@ def selection_set(goods: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, np.
 
 
 @torch.no_grad()
+def fusion_scores(model: Any, outs: list[Any], good_raw: list[Any], options: list[dict[str, Any]]) -> list[np.ndarray]:
+    """The image scores of raw outputs `outs` under each fusion option (applied in turn, fitted on good_raw);
+    the model is left with the last option."""
+    scores = []
+    for option in options:
+        model.apply_fusion(option, good_raw)
+        scores.append(torch.cat([model.score_from_raw(maps, g) for maps, g in outs]).numpy())
+    return scores
+
+
+@torch.no_grad()
 def choose_fusion(model: Any, goods: torch.Tensor, good_raw: list[Any], seed: int = 0,
                   batch_size: int = 8) -> dict[str, Any]:
     """Score every fusion the model offers on the selection set built from goods (whose raw outputs, from
@@ -102,11 +113,9 @@ def choose_fusion(model: Any, goods: torch.Tensor, good_raw: list[Any], seed: in
     images, labels = selection_set(goods, seed)
     defects = images[len(goods) :]
     outs = good_raw + [model.raw(defects[i : i + batch_size]) for i in range(0, len(defects), batch_size)]
-    rows = []
-    for option in model.fusion_options():
-        model.apply_fusion(option, good_raw)
-        scores = torch.cat([model.score_from_raw(maps, g) for maps, g in outs]).numpy()
-        rows.append({**option, "selection_auroc": round(auroc(labels, scores), 5)})
+    options = model.fusion_options()
+    rows = [{**o, "selection_auroc": round(auroc(labels, s), 5)}
+            for o, s in zip(options, fusion_scores(model, outs, good_raw, options))]
     best = max(range(len(rows)), key=lambda i: (rows[i]["selection_auroc"], -i))
     chosen = {k: v for k, v in rows[best].items() if k != "selection_auroc"}
     model.apply_fusion(chosen, good_raw)
