@@ -47,8 +47,8 @@ def probe(bundle_dir: Path, frames: Path) -> tuple[dict[str, np.ndarray], dict[s
     except BundleError as err:  # measured, not hidden: the parity figures below say by how much
         selftest = {"passed": False, "error": str(err)}
     affine, size, thr = bundle.affine, bundle.size_px, bundle.threshold
-    golden = np.load(bundle.root / bundle.manifest["golden"]["inputs"])
-    expected = np.asarray(bundle.manifest["golden"]["scores"], np.float64)
+    golden = np.load(bundle.root / bundle.manifest.golden.inputs)
+    expected = np.asarray(bundle.manifest.golden.scores, np.float64)
     items: list[tuple[str, np.ndarray]] = [(f"golden:x{i}", np.ascontiguousarray(golden[f"x{i}"]))
                                            for i in range(len(expected))]
     paths = sorted(p for p in frames.rglob("*") if p.suffix.lower() in FRAME_SUFFIXES) if frames.is_dir() else []
@@ -71,8 +71,8 @@ def probe(bundle_dir: Path, frames: Path) -> tuple[dict[str, np.ndarray], dict[s
     info = {"machine": platform.machine(), "python": platform.python_version(),
             "runtime": backend.info.runtime, "runtime_version": backend.info.version,
             "device": backend.info.device, "selftest": selftest, "threshold": thr,
-            "golden_tolerance": float(bundle.manifest["golden"]["tolerance"]),
-            "precision": bundle.manifest["precision"], "hwcaps": _hwcaps(),
+            "golden_tolerance": bundle.manifest.golden.tolerance,
+            "precision": bundle.manifest.precision, "hwcaps": _hwcaps(),
             "torch_importable": _importable("torch"), "numpy": np.__version__}
     backend.close()
     arrays = {"names": np.asarray(names), "scores": np.asarray(scores, np.float64), "maps": np.stack(maps),

@@ -27,6 +27,7 @@ import yaml
 from PIL import Image
 
 from bench.common import machine, save, table
+from edge.contract import read_manifest
 
 
 def _jpegs(src_dir: Path, n: int = 8) -> list[bytes]:
@@ -167,7 +168,7 @@ def run_once(a: argparse.Namespace, publishers: str, jpegs: list[bytes]) -> dict
             "frames_per_s": a.frames / elapsed, "e2e_median_ms": float(np.median(e2e)),
             "e2e_p99_ms": float(np.percentile(e2e, 99)), "publish_ms": hist_mean("publish"),
             "inference_ms": hist_mean("inference"), "outage_s": a.outage_s, "kill9": bool(a.kill),
-            "runtime": json.loads((a.bundle / "manifest.json").read_text())["runtime"]}
+            "runtime": read_manifest(a.bundle).runtime}
 
 
 def main() -> int:

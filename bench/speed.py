@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bench.common import conv_gmac, machine, save, table
+from edge.contract import read_quant_result
 
 
 def _time(fn: Callable[[], Any], runs: int, warmup: int = 5) -> dict[str, float]:
@@ -114,8 +115,7 @@ def bench_run(run: Path, runs: int, max_drop: float, max_calib: int) -> list[dic
         b.close()
     gates = {}
     for rt in ("onnxruntime", "openvino"):
-        g = json.loads((run / "quantized" / rt / "quant.json").read_text())["gate"]
-        gates[rt] = g
+        gates[rt] = read_quant_result(run / "quantized" / rt / "quant.json").gate
     med = {r["runtime"]: r["median_ms"] for r in rows}
     for r in rows:
         r.update({"model": f"{state.config.model}@{size}", "gmac": round(gmac, 2), "img_per_s": 1e3 / r["median_ms"],
@@ -124,8 +124,8 @@ def bench_run(run: Path, runs: int, max_drop: float, max_calib: int) -> list[dic
         if r["runtime"].endswith("int8"):
             r["int8_speedup"] = med[f"{fam} fp32"] / r["median_ms"]
             g = gates["onnxruntime" if fam == "ort" else "openvino"]
-            r["auroc_drop"] = g["image_auroc_drop"]
-            r["spearman"] = g["spearman_scores"]
+            r["auroc_drop"] = g.image_auroc_drop
+            r["spearman"] = g.spearman_scores
     return rows
 
 

@@ -130,7 +130,7 @@ def compare(got: np.ndarray, ref: np.ndarray, got_maps: np.ndarray, ref_maps: np
 def _inputs(bundle: Any, images: Path) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     from edge.contract import load_input
 
-    g = np.load(bundle.root / bundle.manifest["golden"]["inputs"])
+    g = np.load(bundle.root / bundle.manifest.golden.inputs)
     names = [f"golden:{k}" for k in sorted(g)]
     xs = [np.ascontiguousarray(g[k]) for k in sorted(g)]
     labels = [-1] * len(xs)
@@ -168,8 +168,8 @@ def check_bundle(path: Path, images: Path, cache: Path, runs: int, thr_fp32: flo
     from edge.errors import BundleError
 
     b = load_bundle(path)
-    precision = "int8" if b.manifest["precision"] == "int8" else "fp16"
-    row: dict[str, Any] = {"bundle": path.name, "precision": precision, "artifact": b.manifest["artifact"],
+    precision = "int8" if b.manifest.precision == "int8" else "fp16"
+    row: dict[str, Any] = {"bundle": path.name, "precision": precision, "artifact": b.manifest.artifact,
                            "onnx": onnx_checks(b.artifact),
                            "trtexec": " ".join(trtexec_command(b.artifact, cache / "model.engine", precision,
                                                                cache / "timing.cache"))}
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     thr_fp32 = a.fp32_threshold
     if thr_fp32 is None:
         # an FP16 bundle's threshold is the FP32 model's own (it carries no output affine)
-        thr_fp32 = next((b.threshold for b in bundles if b.manifest["precision"] != "int8"), None)
+        thr_fp32 = next((b.threshold for b in bundles if b.manifest.precision != "int8"), None)
     trt_version = None
     if not a.dry_run:
         try:

@@ -4,7 +4,6 @@ self-test data, a default daemon config and the systemd unit; plus a .tar.gz of 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import tarfile
 import time
@@ -16,8 +15,10 @@ import yaml
 
 from deploy.targets import Target
 from edge.backends import backend_class, create_backend
-from edge.bundle import SCHEMA_VERSION, sha256_file
-from edge.contract import CONTRACT_VERSION, read_model_card
+from edge.contract import (
+    MANIFEST_FILE, BundleInput, BundleManifest, BundleModelInfo, BundleQuantization, Golden, OutputAffine,
+    QuantResult, read_model_card, sha256_file,
+)
 
 __all__ = ["DEVICE_ROOT", "build_bundle", "default_bundle_version", "install_steps", "measure_latency",
            "unit_file"]
@@ -48,7 +49,7 @@ def measure_latency(runtime: str, model: Path, x: np.ndarray, runs: int = 15) ->
     return float(np.median(t))
 
 
-def _golden(runtime: str, model: Path, inputs: list[np.ndarray], out: Path, precision: str) -> dict[str, Any]:
+def _golden(runtime: str, model: Path, inputs: list[np.ndarray], out: Path, precision: str) -> Golden:
     """Record golden inputs and the outputs the bundle's runtime gives here."""
     from quantize.runtimes import quantizer
 
@@ -60,7 +61,7 @@ def _golden(runtime: str, model: Path, inputs: list[np.ndarray], out: Path, prec
     b.close()
     np.savez_compressed(out / "golden.npz", **{f"x{i}": x for i, x in enumerate(inputs)})
     tol = 1e-3 if precision == "fp32" else (0.05 if ref_runtime != runtime else 1e-2)
-    return {"inputs": "golden.npz", "scores": scores, "tolerance": tol, "reference_runtime": ref_runtime}
+    return Golden(inputs="golden.npz", scores=scores, tolerance=tol, reference_runtime=ref_runtime)
 
 
 def default_bundle_version() -> int:
@@ -108,7 +109,7 @@ def default_config(target: Target, runtime: str, signed: bool = False) -> dict[s
 
 
 def build_bundle(run: Path, target: Target, runtime: str, precision: str, artifacts: list[Path], primary: Path,
-                 quant: dict[str, Any] | None, golden_inputs: list[np.ndarray], out: Path,
+                 quant: QuantResult | None, golden_inputs: list[np.ndarray], out: Path,
                  bundle_version: int | None = None, sign_key: object | None = None) -> tuple[Path, Path, str]:
     """Write the bundle folder (signed with sign_key when given) and out.tar.gz.
 
@@ -134,32 +135,29 @@ def build_bundle(run: Path, target: Target, runtime: str, precision: str, artifa
     shutil.copy2(unit_file(), out / "lineside.service")
     from training import __version__ as tool_version
 
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "contract_version": CONTRACT_VERSION,
-        "bundle_version": version,
-        "model": {"family": card.family, "name": card.model, "variant": getattr(card, "variant", None),
-                  "version": card.created},
-        "input": {"size_px": card.size_px, "colour_order": "RGB", "range": [0, 1], "layout": "NCHW",
-                  "resize": "bilinear"},
-        "threshold": quant["threshold"] if quant else card.threshold,
-        "output_affine": quant["output_affine"] if quant else {"scale": 1.0, "offset": 0.0},
-        "normalisation": card.normalisation.model_dump(),
-        "precision": precision,
-        "target": target.name,
-        "runtime": runtime,
-        "min_runtime_version": target.min_runtime_version,
-        "artifact": primary.name,
-        "training_data_fingerprint": card.training_data_fingerprint,
-        "quantization": {k: quant[k] for k in ("gate", "calibration") if k in quant} if quant else None,
-        "golden": golden,
-        "device_requirements": requirements,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "tool_version": tool_version,
-    }
     files = sorted(p for p in out.rglob("*") if p.is_file())
-    manifest["files"] = {str(p.relative_to(out)): sha256_file(p) for p in files}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    manifest = BundleManifest(
+        bundle_version=version,
+        model=BundleModelInfo(family=card.family, name=card.model, variant=getattr(card, "variant", None),
+                              version=card.created),
+        input=BundleInput(size_px=card.size_px),
+        threshold=quant.threshold if quant else card.threshold,
+        output_affine=quant.output_affine if quant else OutputAffine(),
+        normalisation=card.normalisation.model_dump(),
+        precision=precision,
+        target=target.name,
+        runtime=runtime,
+        min_runtime_version=target.min_runtime_version,
+        artifact=primary.name,
+        training_data_fingerprint=card.training_data_fingerprint,
+        quantization=BundleQuantization(gate=quant.gate, calibration=quant.calibration) if quant else None,
+        golden=golden,
+        device_requirements=requirements,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        tool_version=tool_version,
+        files={str(p.relative_to(out)): sha256_file(p) for p in files},
+    )
+    manifest.write(out / MANIFEST_FILE)
     if sign_key is not None:
         sign_manifest(out, sign_key)
     archive = out.with_name(out.name + ".tar.gz")

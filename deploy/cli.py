@@ -6,11 +6,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from deploy.targets import TARGETS, Target
+from edge.contract import QuantResult
 
 __all__ = ["main"]
 
@@ -18,14 +18,16 @@ _SUBCOMMANDS = ("verify", "inspect", "build-engine", "keygen")
 
 
 def _quantized(run: Path, qruntime: str, max_drop: float, device: str,
-               max_far_increase: float | None = None) -> dict[str, Any]:
+               max_far_increase: float | None = None) -> QuantResult:
     """The run's INT8 result for a runtime, quantized with edge-quantize's defaults for what is not given.
 
     An existing artifact is reused only when quant.json's source (SHA-256 of model.onnx, of the calibration
     and gate images, and the settings) matches what quantizing now would record; otherwise it is re-made and
     one line says why. A folder of an older spelling of the runtime (quantized/ort/) is not read: the runtime
-    counts as not yet quantized.
+    counts as not yet quantized. A quant.json that does not fit the contract (or is from a newer version) is
+    refused with one line naming it.
     """
+    from edge.contract import read_quant_result
     from quantize.cli import MAX_CALIB, MIN_SPEARMAN, quantize_run
     from quantize.gate import MAX_FAR_INCREASE
     from quantize.provenance import expected_source, stale_reason
@@ -34,7 +36,7 @@ def _quantized(run: Path, qruntime: str, max_drop: float, device: str,
     qdir = run / "quantized" / qruntime
     qjson = qdir / "quant.json"
     if qjson.is_file():
-        res = json.loads(qjson.read_text())
+        res = read_quant_result(qjson)
         expected = expected_source(run, qruntime, device=device, max_drop=max_drop, max_far_increase=far_up,
                                    max_calib=MAX_CALIB, min_spearman=MIN_SPEARMAN)
         reason = stale_reason(res, qdir, expected)
@@ -46,7 +48,7 @@ def _quantized(run: Path, qruntime: str, max_drop: float, device: str,
 
 
 def _int8(run: Path, target: Target, max_drop: float, max_far_increase: float, x: np.ndarray
-          ) -> tuple[str, dict[str, Any], dict[str, float], list[str]]:
+          ) -> tuple[str, QuantResult, dict[str, float], list[str]]:
     """The runtime an INT8 bundle of target uses and its quant.json, the latencies measured here (targets with
     several runtimes: the fastest that passed its gate is used) and the runtimes whose gate refused them."""
     from deploy.bundle import measure_latency
@@ -57,22 +59,23 @@ def _int8(run: Path, target: Target, max_drop: float, max_far_increase: float, x
     if len(target.runtimes) == 1:
         (runtime,) = target.runtimes
         quant = _quantized(run, runtime, max_drop, target.quantize_device, max_far_increase)
-        if not quant["gate"]["passed"]:
-            raise GateFailed(f"{runtime} INT8 {gate_failure(quant['gate'])}")
+        if not quant.gate.passed:
+            raise GateFailed(f"{runtime} INT8 {gate_failure(quant.gate.model_dump())}")
         return runtime, quant, {}, []
-    options: dict[str, dict[str, Any]] = {}
+    options: dict[str, QuantResult] = {}
     measured: dict[str, float] = {}
     failures: list[str] = []
     refused: list[str] = []
     for rt in target.runtimes:
         q = _quantized(run, rt, max_drop, target.quantize_device, max_far_increase)
-        if q["gate"]["passed"]:
-            measured[rt] = measure_latency(quantizer(rt).backend, run / "quantized" / rt / q["artifact"], x)
+        if q.gate.passed:
+            measured[rt] = measure_latency(quantizer(rt).backend, run / "quantized" / rt / q.artifact, x)
             options[rt] = q
         else:
-            failures.append(f"{rt}: {gate_failure(q['gate'])}")
+            why = gate_failure(q.gate.model_dump())
+            failures.append(f"{rt}: {why}")
             refused.append(rt)
-            print(f"{rt} INT8 FAILED its accuracy gate and is not used: {gate_failure(q['gate'])}")
+            print(f"{rt} INT8 FAILED its accuracy gate and is not used: {why}")
     if not options:
         raise GateFailed("no INT8 artifact passed the accuracy gate (" + " | ".join(failures) + ")")
     runtime = min(measured, key=measured.__getitem__)
@@ -83,8 +86,7 @@ def _int8(run: Path, target: Target, max_drop: float, max_far_increase: float, x
 
 def _build(a: argparse.Namespace) -> int:
     from deploy.bundle import build_bundle
-    from edge.contract import load_input, read_model_card
-    from edge.errors import EdgeError
+    from edge.contract import EdgeError, load_input, read_model_card
     from quantize.runtimes import quantizer
     from training.loop import load_images  # noqa: F401 - the build runs on a workstation with training installed
 
@@ -114,7 +116,7 @@ def _build(a: argparse.Namespace) -> int:
     if precision == "int8":
         runtime, quant, measured, gate_refused = _int8(run, target, a.max_drop, a.max_far_increase, golden[0])
         qdir = run / "quantized" / runtime
-        primary = qdir / quant["artifact"]
+        primary = qdir / quant.artifact
         extra = quantizer(runtime).fp32_copy
         artifacts = [primary] + ([qdir / extra] if extra else [])
     else:
@@ -178,10 +180,10 @@ def _verify(a: argparse.Namespace) -> int:
 
     trust = Trust.from_files([Path(k) for k in a.key], None)
     b = load_bundle(Path(a.bundle), trust)
-    print(f"hashes ok: {len(b.manifest['files'])} files"
+    print(f"hashes ok: {len(b.manifest.files)} files"
           + (f"; signature ok: key {b.signed_by}, bundle_version {b.version}" if b.signed_by else
              "; signature not checked (no --key)"))
-    reference = b.manifest["golden"].get("reference_runtime", b.runtime)
+    reference = b.manifest.golden.reference_runtime or b.runtime
     try:
         m = load_model(Path(a.bundle), a.device, Path(a.cache_dir), 0, trust)
         print(f"self-test passed on {m.backend.info.runtime} {m.backend.info.device} "
@@ -205,19 +207,19 @@ def _inspect(a: argparse.Namespace) -> int:
 
     b = load_bundle(Path(a.bundle))
     m = b.manifest
-    rows = [("model", f"{m['model']['name']} ({m['model']['family']})"), ("created", m["created"]),
-            ("target", m["target"]), ("runtime", f"{m['runtime']} >= {m['min_runtime_version'] or 'any'}"),
-            ("precision", m["precision"]), ("input", f"{m['input']['size_px']}x{m['input']['size_px']} {m['input']['colour_order']}"),
-            ("threshold", f"{m['threshold']:.5f}"), ("artifact", m["artifact"]), ("bundle id", b.digest),
-            ("bundle version", str(m.get("bundle_version", "-"))),
+    rows = [("model", f"{m.model.name} ({m.model.family})"), ("created", m.created or "-"),
+            ("target", m.target or "-"), ("runtime", f"{m.runtime} >= {m.min_runtime_version or 'any'}"),
+            ("precision", m.precision), ("input", f"{m.input.size_px}x{m.input.size_px} {m.input.colour_order}"),
+            ("threshold", f"{m.threshold:.5f}"), ("artifact", m.artifact), ("bundle id", b.digest),
+            ("bundle version", str(m.bundle_version or "-")),
             ("signed", "yes (manifest.sig)" if (b.root / "manifest.sig").is_file() else "no"),
-            ("data fingerprint", m["training_data_fingerprint"][:16]), ("tool", m["tool_version"])]
-    q = m.get("quantization") or {}
-    if q.get("gate"):
-        g = q["gate"]
-        rows.append(("INT8 gate", f"AUROC drop {g['image_auroc_drop']}, spearman {g['spearman_scores']}, "
-                                  f"{'passed' if g['passed'] else 'FAILED'}"))
-    req = m.get("device_requirements")
+            ("data fingerprint", (m.training_data_fingerprint or "-")[:16]), ("tool", m.tool_version or "-")]
+    g = m.quantization.gate if m.quantization else None
+    if g is not None:
+        rows.append(("INT8 gate", f"AUROC drop {g.image_auroc_drop}, spearman {g.spearman_scores}, "
+                                  f"{'passed' if g.passed else 'FAILED'}"))
+    # the runtime's own record of what the device needs (Backend.bundle_requirements; the NPU's, today)
+    req = m.device_requirements
     if req:
         shapes = ", ".join(f"{k} {v}" for k, v in req["static_shapes"].items())
         rows += [("device", req["device"]), ("static shapes", shapes),
@@ -226,7 +228,7 @@ def _inspect(a: argparse.Namespace) -> int:
     for k, v in rows:
         print(f"{k:<18} {v}")
     print("files:")
-    for f, h in m["files"].items():
+    for f, h in m.files.items():
         print(f"  {h[:12]}  {f}")
     return 0
 
@@ -237,10 +239,10 @@ def _build_engine(a: argparse.Namespace) -> int:
 
     b = load_bundle(Path(a.bundle))
     on_device = [t.name for t in TARGETS.values() if t.builds_on_device]
-    if b.manifest["target"] not in on_device:
-        raise SystemExit(f"edge-deploy: error: bundle target is {b.manifest['target']}; build-engine is for "
+    if b.manifest.target not in on_device:
+        raise SystemExit(f"edge-deploy: error: bundle target is {b.manifest.target}; build-engine is for "
                          f"{'|'.join(on_device)} bundles")
-    precision = "int8" if b.manifest["precision"] == "int8" else "fp16"
+    precision = "int8" if b.manifest.precision == "int8" else "fp16"
     cache = Path(a.cache_dir)
     if a.print_command:
         print(" ".join(trtexec_command(b.artifact, cache / "model.engine", precision, cache / "timing.cache", a.dla_core)))
@@ -251,7 +253,7 @@ def _build_engine(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.errors import EdgeError
+    from edge.contract import EdgeError
     from quantize.errors import QuantizeError
     from training.clihelp import DefaultsHelpFormatter
     from training.errors import TrainingError

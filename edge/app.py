@@ -57,7 +57,7 @@ class Daemon:
         self.trust.accept(self.model.bundle.version)
         self.metrics.selftest.set(1)
         log.info("bundle %s loaded: %s on %s (%s); self-test passed%s", self.model.bundle.digest,
-                 self.model.bundle.manifest["model"]["name"], self.model.backend.info.runtime,
+                 self.model.bundle.manifest.model.name, self.model.backend.info.runtime,
                  self.model.backend.info.device,
                  f"; signed by key {self.model.bundle.signed_by}" if self.model.bundle.signed_by else
                  " (unsigned: no trust.keys configured)")

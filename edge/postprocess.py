@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from edge.backends.base import Prediction
+from edge.contract.io import OutputAffine, Prediction
 from edge.errors import FrameError
 
 __all__ = ["OutputAffine", "Judgement", "judge"]
-
-
-@dataclass(frozen=True)
-class OutputAffine:
-    """map' = scale * map + offset (and the same for the score); identity for FP32 artifacts."""
-
-    scale: float = 1.0
-    offset: float = 0.0
-
-    def apply(self, p: Prediction) -> Prediction:
-        if self.scale == 1.0 and self.offset == 0.0:
-            return p
-        return Prediction(p.anomaly_map * self.scale + self.offset, p.score * self.scale + self.offset)
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

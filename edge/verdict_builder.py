@@ -26,6 +26,6 @@ def build_verdict(frame: Frame, fid: str, r: Scored, bundle: Bundle, line: str,
         captured_at=iso_utc(frame.t_capture), captured_unix_ms=int(frame.t_capture * 1000),
         scored_at=iso_utc(now), scored_unix_ms=int(now * 1000),
         scored_monotonic_ms=time.monotonic_ns() // 10**6,
-        model=bundle.manifest["model"]["name"], model_version=str(bundle.manifest["model"]["version"]),
+        model=bundle.manifest.model.name, model_version=bundle.manifest.model.version,
         bundle=bundle.digest, software_version=__version__,
         latency=Latency(**{k: round(v, 3) for k, v in r.latency_ms.items()}))

@@ -11,7 +11,6 @@ the FP32 model, images and settings the artifact came from, so edge-deploy never
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -21,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from edge.contract import QuantResult, read_model_card
 from quantize.gate import MAX_DROP, MAX_FAR_INCREASE
 from quantize.runtimes import QUANTIZERS, quantizer
-from edge.contract import read_model_card
 
 __all__ = ["build_parser", "main", "quantize_run"]
 
@@ -88,8 +87,8 @@ def _select_set(held_out: list[np.ndarray], size: int, seed: int) -> tuple[list[
 def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir: Path | None = None,
                  device: str = "CPU", max_calib: int = MAX_CALIB, out: Path | None = None,
                  data_dir: Path | None = None, min_spearman: float = MIN_SPEARMAN,
-                 max_far_increase: float = MAX_FAR_INCREASE) -> dict[str, Any]:
-    """Quantize a trained run for a runtime; returns the result dict (also written as quant.json)."""
+                 max_far_increase: float = MAX_FAR_INCREASE) -> QuantResult:
+    """Quantize a trained run for a runtime; returns the result (also written as quant.json)."""
     from quantize.calib import CalibrationReader, build_sets
     from quantize.errors import QuantizeError
     from quantize.gate import gate_report, plot_scores, recalibrate, score_all, score_timed, spearman
@@ -197,15 +196,15 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
     rep = gate_report(gate.labels, gate.masks, (fm, fs), (qm, qs), thr_fp32, thr_int8, max_drop, max_far_increase)
     rep["gate_set"] = gate.origin
     plot_scores(fs, qs, gate.labels, thr_fp32, thr_int8, out / "gate.png", f"{card.model} {runtime} INT8 vs FP32", rep)
-    result = {
+    result = QuantResult.model_validate({
         "runtime": runtime, "artifact": artifact.name, "precision": "int8", "device": device,
         "threshold": thr_int8, "threshold_fp32": thr_fp32, "threshold_basis": basis,
-        "output_affine": affine.to_dict(),
+        "output_affine": affine,
         "calibration": {"n_images": len(calib), "source": str(calib_dir) if calib_dir else "training good images"},
         "mixed_precision": decision, "gate": rep, "minutes": round((time.monotonic() - t0) / 60, 2),
-        "source": {**source, "artifact_sha256": artifact_sha256(artifact)},
-    }
-    (out / "quant.json").write_text(json.dumps(result, indent=2))
+        "source": source.model_copy(update={"artifact_sha256": artifact_sha256(artifact)}),
+    })
+    result.write(out / "quant.json")
     return result
 
 
@@ -263,7 +262,7 @@ def next_hint(run: Path, runtime: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.errors import EdgeError
+    from edge.contract import EdgeError
     from quantize.errors import QuantizeError
     from quantize.gate import gate_failure
     from training.errors import TrainingError
@@ -280,18 +279,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"edge-quantize: error: {err}", file=sys.stderr)
         return 1
-    g = res["gate"]
-    print(f"{runtime} INT8: {res['artifact']}  chosen {_describe(res['mixed_precision']['chosen'])}")
+    figures = res.gate.model_dump()  # the gate's figures, named as gate_report names them
+    print(f"{runtime} INT8: {res.artifact}  chosen {_describe(res.mixed_precision.chosen)}")
     for k in ("image_auroc_fp32", "image_auroc_int8", "image_auroc_drop", "aupro_drop", "spearman_scores",
               "false_alarm_rate_fp32", "false_alarm_rate_int8", "false_alarm_rate_change"):
-        if k in g:
-            print(f"  {k:<24} {g[k]}")
-    print(f"  threshold (recalibrated)  {res['threshold']:.4f}")
-    if res["threshold_basis"]["warning"]:
-        print(f"  warning: {res['threshold_basis']['warning']}")
+        if k in figures:
+            print(f"  {k:<24} {figures[k]}")
+    print(f"  threshold (recalibrated)  {res.threshold:.4f}")
+    if res.threshold_basis is not None and res.threshold_basis.warning:
+        print(f"  warning: {res.threshold_basis.warning}")
     print(f"report: {Path(a.run) / 'quantized' / runtime / 'quant.json'}")
-    if not g["passed"]:
-        print(f"edge-quantize: {gate_failure(g)}", file=sys.stderr)
+    if not res.gate.passed:
+        print(f"edge-quantize: {gate_failure(figures)}", file=sys.stderr)
         return 1
     print(next_hint(Path(a.run), runtime))
     return 0

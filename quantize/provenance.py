@@ -7,19 +7,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
-from edge.contract import read_model_card
+
+from edge.contract import QuantResult, QuantSource, read_model_card, sha256_file
 
 __all__ = ["artifact_sha256", "expected_source", "file_sha256", "stale_reason"]
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the one file hash, the bundle manifest's
 
 
 def artifact_sha256(path: Path) -> str:
@@ -33,8 +27,9 @@ def artifact_sha256(path: Path) -> str:
 
 def expected_source(run: Path, runtime: str, *, device: str, max_drop: float, max_far_increase: float,
                     max_calib: int, min_spearman: float, calib_dir: Path | None = None,
-                    data_dir: Path | None = None) -> dict[str, Any]:
-    """The source an artifact quantized now with these settings would record (quantize_run records this)."""
+                    data_dir: Path | None = None) -> QuantSource:
+    """The source an artifact quantized now with these settings would record (quantize_run records this, with
+    the artifact's SHA-256 once it is made)."""
     from quantize.calib import images_fingerprint
     from quantize.cli import SELECTION_STRENGTHS, SENSITIVITY_BOUNDS_DB
     from quantize.runtimes import quantizer
@@ -50,27 +45,27 @@ def expected_source(run: Path, runtime: str, *, device: str, max_drop: float, ma
         "selection_strengths": list(SELECTION_STRENGTHS), "sensitivity_bounds_db": list(SENSITIVITY_BOUNDS_DB),
         **quantizer(runtime).settings,
     }
-    return {"model_sha256": file_sha256(run / "model.onnx"),
-            "images_sha256": images_fingerprint(card, calib_dir, max_calib), "settings": settings}
+    return QuantSource(model_sha256=file_sha256(run / "model.onnx"),
+                       images_sha256=images_fingerprint(card, calib_dir, max_calib), settings=settings)
 
 
-def stale_reason(recorded: dict[str, Any], qdir: Path, expected: dict[str, Any]) -> str | None:
+def stale_reason(recorded: QuantResult, qdir: Path, expected: QuantSource) -> str | None:
     """Why a quant.json's artifact must not be reused for `expected`; None when it may be."""
-    src = recorded.get("source")
-    if not src:
+    src = recorded.source
+    if src is None:
         return "quant.json records no source model (written before sources were recorded)"
-    if src.get("model_sha256") != expected["model_sha256"]:
+    if src.model_sha256 != expected.model_sha256:
         return "model.onnx changed since it was quantized"
-    if src.get("images_sha256") != expected["images_sha256"]:
+    if src.images_sha256 != expected.images_sha256:
         return "the calibration or gate images changed since it was quantized"
-    old, new = src.get("settings", {}), expected["settings"]
+    old, new = src.settings, expected.settings
     keys = sorted(set(old) | set(new))
     changed = [f"{k} {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k)]
     if changed:
         return f"settings changed ({', '.join(changed)})"
-    art = qdir / str(recorded.get("artifact"))
+    art = qdir / recorded.artifact
     if not art.is_file():
         return f"{art.name} is missing"
-    if artifact_sha256(art) != src.get("artifact_sha256"):
+    if artifact_sha256(art) != src.artifact_sha256:
         return f"{art.name} changed since quant.json was written"
     return None

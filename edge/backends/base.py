@@ -13,17 +13,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edge.contract.io import Prediction  # the contract's outputs: one definition, shared with quantize
 from edge.errors import BackendUnavailable
 
 __all__ = ["BACKENDS", "Backend", "Prediction", "backend_class", "create_backend"]
-
-
-@dataclass
-class Prediction:
-    """Outputs of the contract: the normalised anomaly map (HxW float32) and the raw image score."""
-
-    anomaly_map: np.ndarray
-    score: float
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """Typed hand-off files. `model.json` (the model card) is written by training's export and read by quantize and
-deploy; fields are read as attributes, never by string key, and a file that does not fit says which field."""
+deploy; quant.json (contract/quant.py) and the bundle's manifest.json (contract/manifest.py) follow the same
+rules: fields are read as attributes, never by string key, and a file that does not fit says which field."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -13,9 +15,42 @@ from edge.contract.document import field_problem, read_document
 from edge.contract.io import CONTRACT_VERSION
 from edge.errors import EdgeError
 
-__all__ = ["ModelCard", "Normalisation", "read_model_card", "MODEL_CARD_SCHEMA"]
+__all__ = ["ModelCard", "Normalisation", "read_model_card", "MODEL_CARD_SCHEMA", "validate_handoff",
+           "sha256_file"]
 
 MODEL_CARD_SCHEMA = 1
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes (what the manifest records for every bundle file)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def validate_handoff(model: type[M], raw: Any, path: Path, schema: int, error: type[EdgeError], fix: str,
+                     upgrade: str) -> M:
+    """raw (a parsed hand-off file) as `model`, or `error` with one line naming the file, the field and the fix.
+
+    The schema version is checked before the fields, so a file from a newer version says so (with `upgrade`)
+    rather than naming a field it moved; so is the I/O contract, where the file records one.
+    """
+    if not isinstance(raw, dict):
+        raise error(f"{path}: must be a JSON object, got {type(raw).__name__}; {fix}")
+    version = raw.get("schema_version", schema)
+    if isinstance(version, int) and not isinstance(version, bool) and version > schema:
+        raise error(f"{path}: schema_version {version} is newer than this version reads ({schema}); {upgrade}")
+    contract = raw.get("contract_version", CONTRACT_VERSION)
+    if "contract_version" in model.model_fields and contract != CONTRACT_VERSION:
+        raise error(f"{path}: I/O contract {contract!r} is not this version's ({CONTRACT_VERSION}); {fix}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise error(f"{path}: {field_problem(err, fix)}") from err
 
 
 class Normalisation(BaseModel):
@@ -60,11 +95,5 @@ def read_model_card(run: Path) -> ModelCard:
     reexport = f"re-export with `edge-train export {run}`"
     raw = read_document(p, "json", EdgeError, "model card",
                         f"{reexport} (or train it: `edge-train fit --out {run}`)")
-    try:
-        card = ModelCard.model_validate(raw)
-    except ValidationError as err:
-        raise EdgeError(f"{p}: {field_problem(err, reexport)}") from err
-    if card.schema_version > MODEL_CARD_SCHEMA or card.contract_version != CONTRACT_VERSION:
-        raise EdgeError(f"{p}: model card schema {card.schema_version} / contract {card.contract_version} is not "
-                        f"this version's ({MODEL_CARD_SCHEMA} / {CONTRACT_VERSION}); re-export with this version")
-    return card
+    return validate_handoff(ModelCard, raw, p, MODEL_CARD_SCHEMA, EdgeError, reexport,
+                            "upgrade lineside, or re-export with this version")

@@ -4,9 +4,14 @@ float32 [1], the image score pooled from the map by the model's own rule (max, m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CONTRACT_VERSION", "INPUT_NAME", "OUTPUT_NAMES", "input_spec", "output_spec"]
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["CONTRACT_VERSION", "INPUT_NAME", "OUTPUT_NAMES", "OutputAffine", "Prediction", "input_spec",
+           "output_spec"]
 
 CONTRACT_VERSION = 1
 INPUT_NAME = "image"
@@ -21,3 +26,26 @@ def input_spec(size_px: int) -> dict[str, Any]:
 def output_spec(size_px: int) -> dict[str, Any]:
     return {"anomaly_map": {"dtype": "float32", "shape": [1, 1, size_px, size_px]},
             "score": {"dtype": "float32", "shape": [1]}}
+
+
+@dataclass
+class Prediction:
+    """Outputs of the contract: the normalised anomaly map (HxW float32) and the raw image score."""
+
+    anomaly_map: np.ndarray
+    score: float
+
+
+class OutputAffine(BaseModel):
+    """map' = scale * map + offset (and the same for the score): re-anchors an INT8 artifact's outputs on the
+    FP32 model's; identity for FP32 artifacts. Written by quantize (quant.json), carried by the bundle manifest
+    and applied on the device."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def apply(self, p: Prediction) -> Prediction:
+        if self.scale == 1.0 and self.offset == 0.0:
+            return p
+        return Prediction(p.anomaly_map * self.scale + self.offset, p.score * self.scale + self.offset)

@@ -21,7 +21,7 @@ def test_bundles_build_and_verify(tiny_run, tmp_path, target):
     assert r.returncode == 0, r.stderr
     assert "next, on the device" in r.stdout and Path(str(out) + ".tar.gz").is_file()
     b = load_bundle(out)
-    assert b.manifest["target"] == target and (out / "lineside.service").is_file()
+    assert b.manifest.target == target and (out / "lineside.service").is_file()
     v = _deploy("verify", str(out), "--cache-dir", str(tmp_path / "cache"))
     assert v.returncode == 0, v.stderr
     assert "passed" in v.stdout
@@ -30,7 +30,7 @@ def test_bundles_build_and_verify(tiny_run, tmp_path, target):
 def test_bundle_refusals(tiny_run, tmp_path):
     out = tmp_path / "b"
     assert _deploy("--target", "arm", str(tiny_run), "--out", str(out), "--max-drop", "1.0", "--max-far-increase", "1.0").returncode == 0
-    art = out / load_bundle(out).manifest["artifact"]
+    art = out / load_bundle(out).manifest.artifact
     data = bytearray(art.read_bytes())
     data[len(data) // 2] ^= 0xFF
     art.write_bytes(bytes(data))

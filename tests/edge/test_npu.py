@@ -29,7 +29,7 @@ def npu_bundle(tiny_run, tmp_path_factory) -> Path:
 
 def test_bundle_carries_what_the_npu_needs(npu_bundle):
     b = load_bundle(npu_bundle)
-    req = b.manifest["device_requirements"]
+    req = b.manifest.device_requirements
     assert req["device"] == "NPU"
     # the shapes recorded are the artifact's own, and all static
     assert static_io(b.artifact) == req["static_shapes"]
@@ -38,7 +38,7 @@ def test_bundle_carries_what_the_npu_needs(npu_bundle):
     for key in ("{runtime_version}", "{device}", "{driver_version}"):
         assert key in req["compiled_blob_cache"]["layout"]
     assert req["fallback"]["device"] == "CPU" and "degraded" in req["fallback"]["reported"]
-    assert b.manifest["precision"] == "int8" and b.artifact.suffix == ".xml"
+    assert b.manifest.precision == "int8" and b.artifact.suffix == ".xml"
     r = subprocess.run([sys.executable, "-m", "deploy.cli", "inspect", str(npu_bundle)], check=False,
                        capture_output=True, text=True)
     assert r.returncode == 0 and "static" in r.stdout and "driver" in r.stdout, r.stdout + r.stderr

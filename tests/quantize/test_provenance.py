@@ -48,7 +48,6 @@ def top_run(tiny_data, tmp_path_factory):
 def test_int8_threshold_uses_the_models_score_rule(top_run, fast_quantize):
     """Issue 18: the threshold was recalibrated from the map's max; the model scores by the top-5 % mean."""
     from edge.backends import create_backend
-    from edge.postprocess import OutputAffine
     from quantize.calib import build_sets
     from quantize.cli import quantize_run
     from training.metrics import threshold_at_far
@@ -60,10 +59,9 @@ def test_int8_threshold_uses_the_models_score_rule(top_run, fast_quantize):
     res = quantize_run(top_run, "onnxruntime", max_drop=1.0, max_far_increase=1.0)
     # what the device computes: the artifact's own score output, re-anchored by the bundle's affine
     _, held_out, _ = build_sets(card, None)
-    backend = create_backend("onnxruntime", top_run / "quantized" / "onnxruntime" / res["artifact"], "cpu")
-    affine = OutputAffine(**res["output_affine"])
-    scores = np.array([affine.apply(backend.infer(x)).score for x in held_out])
-    assert res["threshold"] == pytest.approx(threshold_at_far(scores, card.false_alarm_rate_target), rel=1e-5)
+    backend = create_backend("onnxruntime", top_run / "quantized" / "onnxruntime" / res.artifact, "cpu")
+    scores = np.array([res.output_affine.apply(backend.infer(x)).score for x in held_out])
+    assert res.threshold == pytest.approx(threshold_at_far(scores, card.false_alarm_rate_target), rel=1e-5)
 
 
 def test_deploy_requantizes_when_model_onnx_changed(run_copy, fast_quantize, capsys):
@@ -72,10 +70,10 @@ def test_deploy_requantizes_when_model_onnx_changed(run_copy, fast_quantize, cap
     from quantize.provenance import file_sha256
 
     first = _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
-    old_art = (run_copy / "quantized" / "onnxruntime" / first["artifact"]).read_bytes()
+    old_art = (run_copy / "quantized" / "onnxruntime" / first.artifact).read_bytes()
     capsys.readouterr()
     again = _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
-    assert "using existing" in capsys.readouterr().out and again["source"] == first["source"]
+    assert "using existing" in capsys.readouterr().out and again.source == first.source
 
     # a retrain: same contract, different weights (here: one initializer nudged)
     proto = onnx.load(str(run_copy / "model.onnx"))
@@ -87,8 +85,8 @@ def test_deploy_requantizes_when_model_onnx_changed(run_copy, fast_quantize, cap
     res = _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
     out = capsys.readouterr().out
     assert "quantized/onnxruntime is stale: model.onnx changed since it was quantized; re-quantizing" in out
-    assert res["source"]["model_sha256"] == file_sha256(run_copy / "model.onnx")
-    assert (run_copy / "quantized" / "onnxruntime" / res["artifact"]).read_bytes() != old_art
+    assert res.source.model_sha256 == file_sha256(run_copy / "model.onnx")
+    assert (run_copy / "quantized" / "onnxruntime" / res.artifact).read_bytes() != old_art
 
 
 def test_deploy_requantizes_when_gate_settings_changed(run_copy, fast_quantize, capsys):
@@ -98,7 +96,7 @@ def test_deploy_requantizes_when_gate_settings_changed(run_copy, fast_quantize, 
     capsys.readouterr()
     res = _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=0.5)
     assert "stale: settings changed (max_far_increase 1.0 -> 0.5)" in capsys.readouterr().out
-    assert res["source"]["settings"]["max_far_increase"] == 0.5
+    assert res.source.settings["max_far_increase"] == 0.5
 
 
 def test_quant_json_without_a_source_is_stale(run_copy, fast_quantize, capsys):
@@ -107,7 +105,7 @@ def test_quant_json_without_a_source_is_stale(run_copy, fast_quantize, capsys):
 
     first = _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
     qjson = run_copy / "quantized" / "onnxruntime" / "quant.json"
-    qjson.write_text(json.dumps({k: v for k, v in first.items() if k != "source"}))
+    qjson.write_text(json.dumps(first.model_dump(exclude={"source", "schema_version", "threshold_basis"})))
     capsys.readouterr()
     _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
     assert "stale: quant.json records no source" in capsys.readouterr().out

@@ -14,10 +14,10 @@ from quantize.gate import gate_report
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
     res = quantize_run(tiny_run, runtime, max_drop=1.0, max_far_increase=1.0)
-    assert res["gate"]["passed"]
-    assert (tiny_run / "quantized" / runtime / res["artifact"]).is_file()
-    assert res["threshold"] > 0 and res["output_affine"]["scale"] > 0
-    mp = res["mixed_precision"]
+    assert res.gate.passed
+    assert (tiny_run / "quantized" / runtime / res.artifact).is_file()
+    assert res.threshold > 0 and res.output_affine.scale > 0
+    mp = res.mixed_precision.model_dump()  # the runtime's search record, kept as it was written
     assert len(mp["candidates"]) + len(mp["skipped"]) >= 2  # the choice was measured, not assumed
     from quantize.runtimes.base import quantizer
 
@@ -26,7 +26,7 @@ def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
         assert any(quantizer(runtime).no_faster(settings(s), settings(r)) for r in mp["candidates"]
                    if r["selection_auroc"] >= mp["selection_auroc_fp32"] - 1.0)
     assert (tiny_run / "quantized" / runtime / "gate.png").stat().st_size > 1000
-    sqnr = res["mixed_precision"]["sensitivity"]["sqnr_db"]
+    sqnr = mp["sensitivity"]["sqnr_db"]
     convs = {n.name for n in onnx.load(str(tiny_run / "model.onnx")).graph.node if n.op_type == "Conv"}
     assert convs <= set(sqnr) and all(np.isfinite(v) for v in sqnr.values())  # every layer measured
     assert all(r["latency_ms"] > 0 for r in mp["candidates"])
@@ -123,7 +123,7 @@ def test_tensorrt_graph_is_symmetric_qdq_and_runs_in_ort(tiny_run):
     import onnxruntime as ort
 
     res = quantize_run(tiny_run, "tensorrt", max_drop=1.0)
-    path = tiny_run / "quantized" / "tensorrt" / res["artifact"]
+    path = tiny_run / "quantized" / "tensorrt" / res.artifact
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}

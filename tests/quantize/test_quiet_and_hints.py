@@ -66,12 +66,17 @@ def test_next_hint_names_the_deploy_targets_of_the_runtime():
 def test_quantize_ends_with_the_next_command_only_when_the_gate_passes(monkeypatch, capsys):
     """ux: edge-quantize never said what to run next."""
     import quantize.cli as qcli
+    from edge.contract import QuantResult
 
     def fake(run, runtime, *args, **kwargs):
-        return {"artifact": "model_int8.onnx", "mixed_precision": {"chosen": {}}, "threshold": 0.5,
-                "threshold_basis": {"warning": None},
-                "gate": {"passed": passed, "failed": [] if passed else ["image_auroc_drop"], "n_images": 4,
-                         "n_defective": 2, "n_good": 2, "image_auroc_drop": 0.1, "max_drop": 0.005}}
+        return QuantResult.model_validate({
+            "runtime": runtime, "artifact": "model_int8.onnx", "device": "CPU", "mixed_precision": {"chosen": {}},
+            "threshold": 0.5, "threshold_fp32": 0.5, "output_affine": {}, "minutes": 0.1,
+            "calibration": {"n_images": 4, "source": "training good images"},
+            "threshold_basis": {"n_good_images": 2, "false_alarm_rate_target": 0.005, "warning": None},
+            "gate": {"passed": passed, "failed": [] if passed else ["image_auroc_drop"], "n_images": 4,
+                     "n_defective": 2, "n_good": 2, "image_auroc_drop": 0.1, "spearman_scores": 0.9,
+                     "max_drop": 0.005}})
 
     monkeypatch.setattr(qcli, "quantize_run", fake)
     passed = True

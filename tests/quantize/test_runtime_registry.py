@@ -83,4 +83,4 @@ def test_a_registered_runtime_quantizes_and_deploys(copy_runtime, tiny_run, tmp_
     assert f"using existing copy INT8 artifact in {qdir}" in printed
     assert "self-test here: passed on onnxruntime" in printed
     m = load_bundle(out).manifest
-    assert (m["target"], m["runtime"], m["artifact"]) == ("copy-board", "copy", "model_copy.onnx")
+    assert (m.target, m.runtime, m.artifact) == ("copy-board", "copy", "model_copy.onnx")
