@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edge.errors import FrameError
-from edge.contract import load_image, resize_rgb
+from edge.contract import FrameError, load_image, resize_rgb
 from training.errors import DatasetError
 
 __all__ = ["Sample", "Dataset", "open_dataset", "load_rgb", "load_mask", "IMAGE_SUFFIXES", "list_images"]
