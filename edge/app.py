@@ -15,9 +15,9 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
 
 from edge import __version__
 from edge.commands import Commands
@@ -45,15 +45,21 @@ log = logging.getLogger("lineside")
 class Daemon:
     """Wires the sources, scoring, publishers and health, and runs the frame loop."""
 
-    def __init__(self, cfg: DaemonConfig) -> None:
+    def __init__(self, cfg: DaemonConfig, *, model: LoadedModel | None = None,
+                 sources: list[Source] | None = None, publishers: Mapping[str, type[Publisher]] = REGISTRY) -> None:
+        """Everything comes from cfg: the bundle it names (verified and self-tested), a source per station and the
+        publisher registered for each configured type. Unit tests hand in fakes instead (a loaded model, the
+        stations' sources, publisher classes by type: tests/edge/fakes.py); nothing else changes."""
         self.cfg = cfg
+        self._publisher_classes = publishers
         self.metrics = Metrics()
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._reload_request: tuple[Path | None, str | None] = (None, None)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.trust = Trust.from_files(cfg.trust.keys, cfg.state_dir / "trust.json")
-        self.model = load_model(cfg.bundle, cfg.backend.device, cfg.cache_dir, cfg.backend.threads, self.trust)
+        self.model = model if model is not None else load_model(cfg.bundle, cfg.backend.device, cfg.cache_dir,
+                                                                cfg.backend.threads, self.trust)
         self.trust.accept(self.model.bundle.version)
         self.metrics.selftest.set(1)
         log.info("bundle %s loaded: %s on %s (%s); self-test passed%s", self.model.bundle.digest,
@@ -75,7 +81,8 @@ class Daemon:
         self.publishers: list[Publisher] = [self._make_publisher(p) for p in cfg.publishers]
         self.heatmap_dir = cfg.state_dir / "heatmaps"
         self.poison = PoisonGuard(cfg.state_dir / "inflight.json")
-        self.sources: list[Source] = [self._make_source(st) for st in cfg.stations]
+        self.sources: list[Source] = (sources if sources is not None
+                                      else [self._make_source(st) for st in cfg.stations])
         self.stations = StationPoller(self.sources, self.publishers)
         self.thresholds = {st.name: st.threshold for st in cfg.stations}
         self.result_topic = topic_for(cfg.mqtt, None, "set") + "/result"
@@ -88,7 +95,7 @@ class Daemon:
         self._status_sent: tuple[str, tuple[str, ...]] | None = None
 
     def _make_publisher(self, pcfg: Any) -> Publisher:
-        cls = REGISTRY[pcfg.type]
+        cls = self._publisher_classes[pcfg.type]
         if isinstance(pcfg, SparkplugConfig):
             mcfg = pcfg.broker or self.cfg.mqtt
             cid = pcfg.broker.client_id if pcfg.broker and pcfg.broker.client_id else (

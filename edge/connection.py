@@ -185,7 +185,8 @@ class MqttConnection:
                 except (RuntimeError, ValueError):
                     pass
         self.client.disconnect()
-        self._net.join(5)  # bounded: a loop stuck in a reconnect must not hold up a stop that systemd is timing
+        if self._net.ident is not None:  # never started (a daemon stopped before its loop ran): nothing to join
+            self._net.join(5)  # bounded: a loop stuck in a reconnect must not hold up a stop that systemd is timing
 
     # --- paho callbacks (network thread): nothing may raise out of them ------------------------------
     def _subscribe(self, topic: str) -> None:
