@@ -30,7 +30,8 @@ def measure(data: Path, out: Path, minutes: float, seed: int) -> list[dict[str, 
 
     from training.config import FitConfig
     from training.data import open_dataset
-    from training.loop import fit, load_images
+    from training.inference import load_images
+    from training.loop import fit
     from training.metrics import auroc
     from training.selection import fusion_scores
 

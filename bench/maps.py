@@ -36,9 +36,10 @@ def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
     """AUROC of a trained EfficientAD run's fused score, of each normalised map alone, and of the
     student-teacher error restricted to each Lite stage the student regresses."""
     from training.data import open_dataset
-    from training.loop import load_images, load_run
+    from training.inference import load_images
     from training.metrics import auroc
     from training.models.efficientad import EfficientAd
+    from training.run import load_run
 
     state = load_run(run)
     m = state.model.eval()
@@ -82,7 +83,7 @@ def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
 def diagnose_gaussian(data: Path, size: int, settings: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
     """AUROC of the per-position Gaussian map alone, fitted on the training images, for each parameter set."""
     from training.data import open_dataset
-    from training.loop import load_images
+    from training.inference import load_images
     from training.models.efficientad import EfficientAd, EfficientAdParams
 
     ds = open_dataset(data, seed=seed)

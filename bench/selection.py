@@ -28,8 +28,9 @@ def measure(run: Path) -> dict[str, Any]:
 
     from quantize.gate import spearman
     from training.data import open_dataset
-    from training.loop import load_images, load_run
+    from training.inference import load_images
     from training.metrics import auroc
+    from training.run import load_run
     from training.selection import fusion_scores, selection_set
 
     state = load_run(run)

@@ -98,7 +98,7 @@ def bench_run(run: Path, runs: int, max_drop: float, max_calib: int) -> list[dic
     import torch
 
     from edge.backends import create_backend
-    from training.loop import load_run
+    from training.run import load_run
 
     state = load_run(run)
     size = state.model.size_px

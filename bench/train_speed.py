@@ -48,7 +48,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7, help="of the synthetic data and the fit")
     ap.add_argument("--out", type=Path, default=Path("bench-out/train_speed"))
     a = ap.parse_args()
-    from training.loop import cpu_has_bf16
+    from training.precision import cpu_has_bf16
     from training.synth import SynthSpec, write_synthetic
 
     data = write_synthetic(a.out / "data", SynthSpec(size_px=max(256, a.size), seed=a.seed + 1000, n_train=40,

@@ -88,7 +88,7 @@ def _build(a: argparse.Namespace) -> int:
     from deploy.bundle import build_bundle
     from edge.contract import EdgeError, load_input, read_model_card
     from quantize.runtimes import quantizer
-    from training.loop import load_images  # noqa: F401 - the build runs on a workstation with training installed
+    from training.inference import load_images  # noqa: F401 - the build runs on a workstation with training installed
 
     target: Target = TARGETS[a.target]
     run = Path(a.run)

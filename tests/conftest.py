@@ -77,7 +77,8 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     from training.config import FitConfig
     from training.data import open_dataset
     from training.export import export_onnx
-    from training.loop import fit, load_images
+    from training.inference import load_images
+    from training.loop import fit
 
     out = tmp_path_factory.mktemp("run")
     cfg = FitConfig(model="efficientad-tiny", size_px=64, steps=40, batch_size=4, checkpoint_every=20)

@@ -144,7 +144,8 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     from training.config import load_fit_config
     from training.data import open_dataset
     from training.export import export_onnx
-    from training.loop import fit, load_images
+    from training.inference import load_images
+    from training.loop import fit
 
     params: dict[str, Any] = {}
     if a.teacher:
@@ -218,7 +219,7 @@ def _eval_dir(run: Path, data: Path) -> Path:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from training.data import open_dataset
-    from training.loop import load_run
+    from training.run import load_run
 
     run = Path(a.run)
     state = load_run(run)
@@ -236,7 +237,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 def _cmd_export(a: argparse.Namespace) -> int:
     from training.export import export_onnx
-    from training.loop import load_run
+    from training.run import load_run
 
     state = load_run(Path(a.run))
     print(f"wrote {export_onnx(state, Path(a.run))}")

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 
 from training.data import Dataset, load_mask
-from training.loop import RunState, load_images, score_images
+from training.inference import load_images, score_images
 from training.metrics import aupro, auroc, rates_at_threshold
 from training.report import misses_and_false_alarms
+from training.run import RunState
 
 __all__ = ["evaluate"]
 

@@ -18,7 +18,7 @@ from torch import nn
 from edge.contract import INPUT_NAME, OUTPUT_NAMES, ModelCard, Normalisation, input_spec, output_spec
 from training import __version__
 from training.errors import ExportError
-from training.loop import RunState
+from training.run import RunState
 
 __all__ = ["export_onnx", "OPSET", "check_parity", "metadata"]
 

@@ -1,11 +1,10 @@
-"""The training loop: prepare, optimise with checkpoints and a time budget, calibrate maps and threshold."""
+"""The training loop: prepare, optimise with checkpoints and a time budget, calibrate maps, choose the fusion
+and set the threshold."""
 
 from __future__ import annotations
 
-import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,63 +14,22 @@ import yaml
 
 from training import __version__
 from training.config import FitConfig
-from training.data import Dataset, Sample, load_rgb
+from training.data import Dataset
+from training.inference import load_images, score_images
 from training.metrics import threshold_at_far
 from training.models import AnomalyModel, build_model
 from training.models.base import TrainBatch
+from training.precision import training_precision
 from training.report import threshold_basis
+from training.run import RunState, save_run
 
-__all__ = ["fit", "load_images", "score_images", "load_run", "RunState"]
-
-
-@dataclass
-class RunState:
-    """A trained model with its config, threshold and provenance."""
-
-    model: AnomalyModel
-    config: FitConfig
-    threshold: float
-    fingerprint: str
-    meta: dict[str, Any]
+__all__ = ["fit"]
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def load_images(samples: list[Sample], size_px: int) -> torch.Tensor:
-    """Decode samples to a float tensor Nx3xSxS in [0, 1] (the contract's preprocessing)."""
-    arr = np.stack([load_rgb(s.path, size_px) for s in samples])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-@torch.no_grad()
-def score_images(model: AnomalyModel, images: torch.Tensor, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Anomaly maps NxSxS and scores N of images with the PyTorch model."""
-    model.eval()
-    maps, scores = [], []
-    for i in range(0, len(images), batch_size):
-        m, s = model(images[i : i + batch_size])
-        maps.append(m[:, 0].numpy())
-        scores.append(s.numpy())
-    return np.concatenate(maps), np.concatenate(scores)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bf16 matrix work natively (AMX or AVX-512-BF16, via oneDNN)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def training_precision(cfg: FitConfig, model: AnomalyModel, device: torch.device) -> str:
-    """fp32 or bf16 for this run (see FitConfig.precision); CUDA keeps its own fast path (fp32 here)."""
-    if cfg.precision != "auto":
-        return cfg.precision
-    return "bf16" if device.type == "cpu" and model.bf16_ok and cpu_has_bf16() else "fp32"
 
 
 def _device(name: str) -> torch.device:
@@ -88,7 +46,7 @@ def _save_checkpoint(path: Path, model: AnomalyModel, opt: torch.optim.Optimizer
 
 
 def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress: bool = True) -> RunState:
-    """Train, calibrate and save a model under out/; returns the calibrated model.
+    """Train, calibrate and save a model under out/ (model.pt, train.json, checkpoint.pt); returns it.
 
     The threshold comes from held-out good images only, at cfg.false_alarm_rate.
     """
@@ -201,27 +159,3 @@ def _choose_fusion(model: AnomalyModel, val: torch.Tensor, good_raw: list[Any], 
     if len(val) < MIN_SELECTION_IMAGES:
         return {"skipped": f"{len(val)} held-out good images (a choice needs {MIN_SELECTION_IMAGES})"}
     return choose_fusion(model, val, good_raw, cfg.seed)
-
-
-def save_run(out: Path, state: RunState) -> None:
-    torch.save(
-        {"config": state.config.model_dump(), "state_dict": state.model.state_dict(), "threshold": state.threshold,
-         "fingerprint": state.fingerprint, "meta": state.meta},
-        out / "model.pt",
-    )
-    (out / "train.json").write_text(json.dumps(state.meta, indent=2))
-
-
-def load_run(run: Path) -> RunState:
-    """Load a trained run folder (model.pt) back into a calibrated model."""
-    from training.errors import TrainingError
-
-    p = Path(run) / "model.pt"
-    if not p.is_file():
-        raise TrainingError(f"{p}: no trained model; run `edge-train fit ... --out {run}` first")
-    saved = torch.load(p, map_location="cpu", weights_only=False)
-    cfg = FitConfig(**saved["config"])
-    model = build_model(cfg.model, cfg.params, cfg.size_px, cfg.seed)
-    model.load_state_dict(saved["state_dict"])
-    model.eval()
-    return RunState(model, cfg, float(saved["threshold"]), saved["fingerprint"], saved["meta"])

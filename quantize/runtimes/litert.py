@@ -22,7 +22,7 @@ def convert_litert(run_dir: Path, out_dir: Path, reader: CalibrationReader) -> t
         raise ExtraMissing("LiteRT export needs the tflite extra: pip install 'lineside[tflite]'") from err
     import torch
 
-    from training.loop import load_run
+    from training.run import load_run
 
     state = load_run(run_dir)
     x = torch.from_numpy(reader.inputs[0])

@@ -10,8 +10,9 @@ from bench.maps import diagnose_gaussian, diagnose_run
 
 def test_run_diagnosis_matches_the_exported_score_and_covers_every_stage(tiny_run, tiny_data):
     from training.data import open_dataset
-    from training.loop import load_images, load_run, score_images
+    from training.inference import load_images, score_images
     from training.metrics import auroc
+    from training.run import load_run
 
     rows = diagnose_run(tiny_run, tiny_data)
     by_name = {r["map"]: r for r in rows}

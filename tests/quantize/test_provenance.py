@@ -34,7 +34,8 @@ def top_run(tiny_data, tmp_path_factory):
     from training.config import FitConfig
     from training.data import open_dataset
     from training.export import export_onnx
-    from training.loop import fit, load_images
+    from training.inference import load_images
+    from training.loop import fit
 
     out = tmp_path_factory.mktemp("toprun")
     cfg = FitConfig(model="efficientad-tiny", size_px=64, steps=5, batch_size=4,

@@ -27,7 +27,7 @@ def test_trained_run_separates_defects_and_exports_the_contract(tiny_run):
 
 
 def test_ort_matches_torch_on_new_input(tiny_run):
-    from training.loop import load_run
+    from training.run import load_run
 
     state = load_run(tiny_run)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
@@ -41,7 +41,7 @@ def test_ort_matches_torch_on_new_input(tiny_run):
 def test_training_report_beats_chance(tiny_run, tiny_data):
     from training.data import open_dataset
     from training.evaluate import evaluate
-    from training.loop import load_run
+    from training.run import load_run
 
     rep, _ = evaluate(load_run(tiny_run), open_dataset(tiny_data))
     assert rep["image_auroc_by_kind"]["structural"] > 0.6
@@ -105,7 +105,8 @@ def test_every_family_fits_exports_and_matches_ort(name, params, tiny_data, tmp_
     from training.config import FitConfig
     from training.data import open_dataset
     from training.export import export_onnx
-    from training.loop import fit, load_images
+    from training.inference import load_images
+    from training.loop import fit
 
     cfg = FitConfig(model=name, params=params, size_px=64, steps=4, batch_size=2)
     data = open_dataset(tiny_data)
@@ -291,7 +292,9 @@ def test_bf16_training_exports_an_fp32_model_and_auto_picks_by_family_and_hardwa
     from training.config import FitConfig
     from training.data import open_dataset
     from training.export import export_onnx
-    from training.loop import cpu_has_bf16, fit, load_images, training_precision
+    from training.inference import load_images
+    from training.loop import fit
+    from training.precision import cpu_has_bf16, training_precision
 
     cfg = FitConfig(model="efficientad-tiny", size_px=64, steps=3, batch_size=2, precision="bf16")
     data = open_dataset(tiny_data)

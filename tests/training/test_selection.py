@@ -58,7 +58,7 @@ def test_fusion_choice_scores_each_option_applies_the_best_and_keeps_the_recipe_
 
 
 def test_fit_records_why_no_fusion_was_chosen_with_few_held_out_images(tiny_run):
-    from training.loop import load_run
+    from training.run import load_run
 
     fusion = load_run(tiny_run).meta["fusion"]
     assert "held-out good images" in fusion["skipped"]

@@ -1,0 +1,50 @@
+"""A trained run on disk (model.pt, train.json): the calibrated model, config, threshold and provenance."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.config import FitConfig
+from training.errors import TrainingError
+from training.models import AnomalyModel, build_model
+
+__all__ = ["RunState", "save_run", "load_run"]
+
+
+@dataclass
+class RunState:
+    """A trained model with its config, threshold and provenance."""
+
+    model: AnomalyModel
+    config: FitConfig
+    threshold: float
+    fingerprint: str
+    meta: dict[str, Any]
+
+
+def save_run(out: Path, state: RunState) -> None:
+    """Write out/model.pt (weights, config, threshold, provenance) and out/train.json (provenance alone)."""
+    torch.save(
+        {"config": state.config.model_dump(), "state_dict": state.model.state_dict(),
+         "threshold": state.threshold, "fingerprint": state.fingerprint, "meta": state.meta},
+        out / "model.pt",
+    )
+    (out / "train.json").write_text(json.dumps(state.meta, indent=2))
+
+
+def load_run(run: Path) -> RunState:
+    """Load a trained run folder (model.pt) back into a calibrated model."""
+    p = Path(run) / "model.pt"
+    if not p.is_file():
+        raise TrainingError(f"{p}: no trained model; run `edge-train fit ... --out {run}` first")
+    saved = torch.load(p, map_location="cpu", weights_only=False)
+    cfg = FitConfig(**saved["config"])
+    model = build_model(cfg.model, cfg.params, cfg.size_px, cfg.seed)
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return RunState(model, cfg, float(saved["threshold"]), saved["fingerprint"], saved["meta"])
