@@ -48,8 +48,7 @@ def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: 
     from training.config import FitConfig, load_fit_config
     from training.data import open_dataset
     from training.errors import TrainingError
-    from training.evaluate import evaluate
-    from training.loop import fit
+    from training.pipeline import train_run
 
     if name.startswith("recipe:"):
         cfg = load_fit_config(None, {"recipe": name.split(":", 1)[1], "steps": steps, "max_minutes": minutes,
@@ -61,13 +60,12 @@ def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: 
                         seed=seed, checkpoint_every=10_000)
     t0 = time.monotonic()
     try:
-        state = fit(cfg, open_dataset(data, seed=seed), out, progress=False)
+        # what `edge-train fit` writes (the speed benchmark and edge-quantize reuse these runs), with the
+        # export's parity checked on held-out images as the CLI's is
+        result = train_run(cfg, open_dataset(data, seed=seed), out, progress=False)
     except TrainingError as err:
         return {"variant": name, "data": data.name, "error": str(err)}
-    from training.export import export_onnx
-
-    export_onnx(state, out)  # the speed benchmark and edge-quantize reuse these runs
-    rep, _ = evaluate(state, open_dataset(data, seed=seed))
+    state, rep = result.state, result.report
     m = state.model
     trainable = sum(p.numel() for p in m.parameters())
     row = {"variant": name, "data": data.name, "size_px": size, "image_auroc": rep["image_auroc"],

@@ -31,13 +31,15 @@ def measure(data: Path, out: Path, minutes: float, seed: int) -> list[dict[str, 
     from training.config import FitConfig
     from training.data import open_dataset
     from training.inference import load_images
-    from training.loop import fit
     from training.metrics import auroc
+    from training.pipeline import train_run
     from training.selection import fusion_scores
 
     t0 = time.monotonic()
     ds = open_dataset(data, seed=seed)
-    state = fit(FitConfig(max_minutes=minutes, seed=seed, checkpoint_every=10_000), ds, out, progress=False)
+    # the trained model is all this needs: it scores every map and fusion from its own forward passes
+    cfg = FitConfig(max_minutes=minutes, seed=seed, checkpoint_every=10_000)
+    state = train_run(cfg, ds, out, progress=False, export=False, evaluate=False).state
     m = state.model.eval()
     test = ds.test
     labels = np.array([t.label for t in test])

@@ -28,6 +28,7 @@ def run(data: Path, out: Path, model: str, size: int, steps: int, batch: int, pr
     cfg = FitConfig(model=model, size_px=size, steps=steps, batch_size=batch, precision=precision, seed=seed,
                     checkpoint_every=10_000)
     t0 = time.perf_counter()
+    # fit alone, not training.pipeline.train_run: fit_wall_min times the training, not the export and report
     state = fit(cfg, open_dataset(data), out, progress=False)
     wall = time.perf_counter() - t0
     rep, _ = evaluate(state, open_dataset(data))

@@ -73,18 +73,14 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data, tmp_path_factory) -> Path:
-    """A tiny EfficientAD trained for a few steps at 64 px, exported to ONNX."""
+    """A tiny EfficientAD trained a few steps at 64 px: the folder `edge-train fit` writes (ONNX, report)."""
     from training.config import FitConfig
     from training.data import open_dataset
-    from training.export import export_onnx
-    from training.inference import load_images
-    from training.loop import fit
+    from training.pipeline import train_run
 
     out = tmp_path_factory.mktemp("run")
     cfg = FitConfig(model="efficientad-tiny", size_px=64, steps=40, batch_size=4, checkpoint_every=20)
-    data = open_dataset(tiny_data)
-    state = fit(cfg, data, out, progress=False)
-    export_onnx(state, out, load_images(data.val[:2], 64))
+    train_run(cfg, open_dataset(tiny_data), out, progress=False)
     return out
 
 

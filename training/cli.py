@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,67 +23,6 @@ def _cmd_synth(a: argparse.Namespace) -> int:
     print(f"wrote synthetic MVTec LOCO dataset to {root}")
     print(f"next: edge-train fit --data {root} --out runs/a")
     return 0
-
-
-def _bundle_thresholds(run: Path, state: Any) -> dict[str, float]:
-    """The threshold each bundle of this run uses: FP32's, and each INT8 artifact's (recalibrated) from a
-    quant.json made from the run's current model.onnx that passed its gate (a bundle uses no other)."""
-    import hashlib
-
-    found = {"fp32": float(state.threshold)}
-    onnx_path = run / "model.onnx"
-    if not onnx_path.is_file():
-        return found
-    model_sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    for q in sorted((run / "quantized").glob("*/quant.json")):
-        res = json.loads(q.read_text())
-        is_current = (res.get("source") or {}).get("model_sha256") == model_sha
-        if is_current and (res.get("gate") or {}).get("passed") and "threshold" in res:
-            found[f"int8 {q.parent.name}"] = float(res["threshold"])
-    return found
-
-
-def _report(state: Any, data: Any, out: Path, run: Path) -> dict[str, Any]:
-    """Evaluate the run on data and write out/report.json and out/plots/ (replacing what an earlier report
-    there left, so no stale plot survives)."""
-    import shutil
-
-    from training.evaluate import evaluate
-    from training.report import write_plots
-
-    report, arrays = evaluate(state, data)
-    bundle_thresholds = _bundle_thresholds(run, state)
-    report = {"model": state.config.model, "run": str(run), "dataset": str(data.root), "layout": data.layout,
-              "training_data_fingerprint": state.fingerprint, **report,
-              "bundle_thresholds": bundle_thresholds,
-              "false_alarm_rate_target": state.config.false_alarm_rate, "threshold_basis": _threshold_basis(state),
-              "train_minutes": state.meta.get("train_minutes"), "steps_done": state.meta.get("steps_done"),
-              "recipe": state.config.recipe, "fusion": state.meta.get("fusion")}
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "plots").is_dir():
-        shutil.rmtree(out / "plots")
-    if arrays:
-        others = {k.replace("int8 ", "") + " INT8": v for k, v in bundle_thresholds.items() if k != "fp32"}
-        report["plots"] = write_plots(arrays, state.threshold, out / "plots", f"{state.config.model}",
-                                      other_thresholds=others)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    return report
-
-
-def _threshold_basis(state: Any) -> dict[str, Any]:
-    """The run's threshold basis (runs trained before it was recorded: from their held-out count)."""
-    from training.report import threshold_basis
-
-    basis = state.meta.get("threshold_basis")
-    return basis or threshold_basis(int(state.meta.get("n_val", 0)), state.config.false_alarm_rate)
-
-
-def _note_threshold_basis(out: Path, basis: dict[str, Any]) -> None:
-    """Add the threshold basis to model.json, beside the threshold it qualifies (export writes the rest)."""
-    path = out / "model.json"
-    meta = json.loads(path.read_text())
-    meta["threshold_basis"] = basis
-    path.write_text(json.dumps(meta, indent=2))
 
 
 def _print_report(report: dict[str, Any], out: Path) -> None:
@@ -143,9 +81,7 @@ def _clear_run(out: Path) -> list[str]:
 def _cmd_fit(a: argparse.Namespace) -> int:
     from training.config import load_fit_config
     from training.data import open_dataset
-    from training.export import export_onnx
-    from training.inference import load_images
-    from training.loop import fit
+    from training.pipeline import run_threshold_basis, train_run
 
     params: dict[str, Any] = {}
     if a.teacher:
@@ -169,11 +105,9 @@ def _cmd_fit(a: argparse.Namespace) -> int:
         removed = _clear_run(out)
         if removed:
             print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {out}")
-    state = fit(cfg, data, out, resume=a.resume, progress=not a.quiet)
-    onnx_path = export_onnx(state, out, load_images(data.val[:4], cfg.size_px))
-    basis = _threshold_basis(state)
-    _note_threshold_basis(out, basis)
-    report = _report(state, data, out, out)
+    result = train_run(cfg, data, out, resume=a.resume, progress=not a.quiet)
+    state, onnx_path, report = result.state, result.onnx_path, result.report
+    basis = run_threshold_basis(state)
     print(f"model: {onnx_path}  threshold: {state.threshold:.4f} (from {basis['n_good_images']} held-out good "
           f"images, target false alarms {cfg.false_alarm_rate:.2%})")
     if basis["warning"]:
@@ -219,6 +153,7 @@ def _eval_dir(run: Path, data: Path) -> Path:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from training.data import open_dataset
+    from training.pipeline import write_report
     from training.run import load_run
 
     run = Path(a.run)
@@ -229,19 +164,18 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         print(f"edge-train: error: --out {out} is the run folder; its report.json and plots/ are the fit's: "
               "pass another folder", file=sys.stderr)
         return 2
-    report = _report(state, data, out, run)
+    report = write_report(state, data, out, run)
     _print_report(report, out)
     print(_next_deploy(run))
     return 0
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from training.export import export_onnx
+    from training.pipeline import export_run
     from training.run import load_run
 
     state = load_run(Path(a.run))
-    print(f"wrote {export_onnx(state, Path(a.run))}")
-    _note_threshold_basis(Path(a.run), _threshold_basis(state))
+    print(f"wrote {export_run(state, Path(a.run))}")
     print(_next_deploy(Path(a.run)))
     return 0
 

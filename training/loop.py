@@ -48,7 +48,8 @@ def _save_checkpoint(path: Path, model: AnomalyModel, opt: torch.optim.Optimizer
 def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress: bool = True) -> RunState:
     """Train, calibrate and save a model under out/ (model.pt, train.json, checkpoint.pt); returns it.
 
-    The threshold comes from held-out good images only, at cfg.false_alarm_rate.
+    The threshold comes from held-out good images only, at cfg.false_alarm_rate. training.pipeline.train_run
+    adds the export and the report; call fit alone only where the trained model is all that is needed.
     """
     from tqdm import tqdm
 

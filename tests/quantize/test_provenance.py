@@ -33,16 +33,12 @@ def top_run(tiny_data, tmp_path_factory):
     """A tiny EfficientAD that scores by the mean of the hottest 5 % of the map (params: {score_pool: top})."""
     from training.config import FitConfig
     from training.data import open_dataset
-    from training.export import export_onnx
-    from training.inference import load_images
-    from training.loop import fit
+    from training.pipeline import train_run
 
     out = tmp_path_factory.mktemp("toprun")
     cfg = FitConfig(model="efficientad-tiny", size_px=64, steps=5, batch_size=4,
                     params={"score_pool": "top", "score_top": 0.05})
-    data = open_dataset(tiny_data)
-    state = fit(cfg, data, out, progress=False)
-    export_onnx(state, out, load_images(data.val[:2], 64))
+    train_run(cfg, open_dataset(tiny_data), out, progress=False, evaluate=False)
     return out
 
 

@@ -104,14 +104,15 @@ def test_snc_codes_only_the_neighbourhood():
 def test_every_family_fits_exports_and_matches_ort(name, params, tiny_data, tmp_path):
     from training.config import FitConfig
     from training.data import open_dataset
-    from training.export import export_onnx
+    from training.export import check_parity
     from training.inference import load_images
-    from training.loop import fit
+    from training.pipeline import train_run
 
     cfg = FitConfig(model=name, params=params, size_px=64, steps=4, batch_size=2)
     data = open_dataset(tiny_data)
-    state = fit(cfg, data, tmp_path, progress=False)
-    path = export_onnx(state, tmp_path, load_images(data.test[-3:], 64))  # raises unless ORT matches torch
+    result = train_run(cfg, data, tmp_path, progress=False, evaluate=False)  # parity on held-out good images
+    path = result.onnx_path
+    check_parity(path, result.state.model, load_images(data.test[-3:], 64))  # and on defects; raises if not
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["family"] == name.split("-")[0] and meta["contract_version"] == 1
     sess = ort.InferenceSession(str(path))
@@ -291,18 +292,19 @@ def test_global_consistency_standardises_its_target_and_maps_on_the_grid():
 def test_bf16_training_exports_an_fp32_model_and_auto_picks_by_family_and_hardware(tiny_data, tmp_path):
     from training.config import FitConfig
     from training.data import open_dataset
-    from training.export import export_onnx
+    from training.export import check_parity
     from training.inference import load_images
-    from training.loop import fit
+    from training.pipeline import train_run
     from training.precision import cpu_has_bf16, training_precision
 
     cfg = FitConfig(model="efficientad-tiny", size_px=64, steps=3, batch_size=2, precision="bf16")
     data = open_dataset(tiny_data)
-    state = fit(cfg, data, tmp_path, progress=False)
+    result = train_run(cfg, data, tmp_path, progress=False, evaluate=False)  # the export checks parity on val
+    state = result.state
     assert json.loads((tmp_path / "train.json").read_text())["precision"] == "bf16"
     assert all(p.dtype == torch.float32 for p in state.model.parameters())  # autocast: weights stay fp32
     assert all(p.is_contiguous() for p in state.model.parameters())  # channels-last undone before calibration
-    export_onnx(state, tmp_path, load_images(data.test[-2:], 64))  # raises unless ORT matches torch
+    check_parity(result.onnx_path, state.model, load_images(data.test[-2:], 64))  # raises on a mismatch
     cpu = torch.device("cpu")
     auto = FitConfig(model="efficientad-tiny")
     assert training_precision(auto, build_model("efficientad-tiny", {}, 64, 0), cpu) == (

@@ -58,7 +58,7 @@ def test_histogram_draws_the_thresholds_the_bundles_use(tmp_path):
 
 def test_bundle_thresholds_take_only_current_passing_int8_artifacts(tmp_path):
     """ux: report.json and the histogram showed the FP32 threshold while the INT8 bundle used another."""
-    from training.cli import _bundle_thresholds
+    from training.pipeline import bundle_thresholds
 
     (tmp_path / "model.onnx").write_bytes(b"model")
     sha = hashlib.sha256(b"model").hexdigest()
@@ -67,7 +67,7 @@ def test_bundle_thresholds_take_only_current_passing_int8_artifacts(tmp_path):
         (tmp_path / "quantized" / rt).mkdir(parents=True)
         (tmp_path / "quantized" / rt / "quant.json").write_text(json.dumps(
             {"threshold": thr, "gate": {"passed": passed}, "source": {"model_sha256": model_sha}}))
-    assert _bundle_thresholds(tmp_path, SimpleNamespace(threshold=0.25)) == {"fp32": 0.25, "int8 onnxruntime": 0.3}
+    assert bundle_thresholds(tmp_path, SimpleNamespace(threshold=0.25)) == {"fp32": 0.25, "int8 onnxruntime": 0.3}
 
 
 def _eval(*args):

@@ -1,0 +1,108 @@
+"""One training run end to end: fit, export with ORT parity on held-out images, the threshold basis in
+model.json, then the evaluation report. `edge-train fit`, the benches and the test fixtures all run this."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training import evaluate as evaluation
+from training.config import FitConfig
+from training.data import Dataset
+from training.export import export_onnx
+from training.inference import load_images
+from training.loop import fit
+from training.report import threshold_basis, write_plots
+from training.run import RunState
+
+__all__ = ["PARITY_IMAGES", "RunResult", "train_run", "export_run", "write_report", "run_threshold_basis",
+           "bundle_thresholds"]
+
+# held-out good images the export's ORT-vs-torch check runs: real images reach the feature ranges a product
+# produces, which noise does not (bench.accuracy once checked parity on noise only)
+PARITY_IMAGES = 4
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What train_run made in its run folder."""
+
+    state: RunState
+    onnx_path: Path | None  # None with export=False
+    report: dict[str, Any] | None  # report.json's content; None with evaluate=False
+
+
+def train_run(cfg: FitConfig, data: Dataset, out: Path, *, resume: bool = False, progress: bool = True,
+              export: bool = True, evaluate: bool = True) -> RunResult:
+    """Fit on data into out/, export model.onnx and model.json, then write report.json and plots/ (data.test).
+
+    Args:
+        resume: continue from out/checkpoint.pt.
+        export: False leaves out model.onnx and model.json, for a caller that needs only the trained model.
+        evaluate: False leaves out report.json and plots/, for a caller that scores the test set its own way.
+    """
+    state = fit(cfg, data, out, resume=resume, progress=progress)
+    onnx_path = export_run(state, out, load_images(data.val[:PARITY_IMAGES], cfg.size_px)) if export else None
+    report = write_report(state, data, out, out) if evaluate else None
+    return RunResult(state, onnx_path, report)
+
+
+def export_run(state: RunState, out: Path, parity_images: torch.Tensor | None = None) -> Path:
+    """export_onnx into out/, then the threshold basis into model.json beside the threshold it qualifies."""
+    path = export_onnx(state, out, parity_images)
+    card = out / "model.json"
+    meta = json.loads(card.read_text())
+    meta["threshold_basis"] = run_threshold_basis(state)
+    card.write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def run_threshold_basis(state: RunState) -> dict[str, Any]:
+    """The run's threshold basis (runs trained before it was recorded: from their held-out count)."""
+    basis = state.meta.get("threshold_basis")
+    return basis or threshold_basis(int(state.meta.get("n_val", 0)), state.config.false_alarm_rate)
+
+
+def bundle_thresholds(run: Path, state: RunState) -> dict[str, float]:
+    """The threshold each bundle of this run uses: FP32's, and each INT8 artifact's (recalibrated) from a
+    quant.json made from the run's current model.onnx that passed its gate (a bundle uses no other)."""
+    found = {"fp32": float(state.threshold)}
+    onnx_path = run / "model.onnx"
+    if not onnx_path.is_file():
+        return found
+    model_sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    for q in sorted((run / "quantized").glob("*/quant.json")):
+        res = json.loads(q.read_text())
+        is_current = (res.get("source") or {}).get("model_sha256") == model_sha
+        if is_current and (res.get("gate") or {}).get("passed") and "threshold" in res:
+            found[f"int8 {q.parent.name}"] = float(res["threshold"])
+    return found
+
+
+def write_report(state: RunState, data: Dataset, out: Path, run: Path) -> dict[str, Any]:
+    """Evaluate the run (folder `run`) on data and write out/report.json and out/plots/ (replacing what an
+    earlier report there left, so no stale plot survives); returns the report."""
+    report, arrays = evaluation.evaluate(state, data)
+    thresholds = bundle_thresholds(run, state)
+    report = {"model": state.config.model, "run": str(run), "dataset": str(data.root), "layout": data.layout,
+              "training_data_fingerprint": state.fingerprint, **report,
+              "bundle_thresholds": thresholds,
+              "false_alarm_rate_target": state.config.false_alarm_rate,
+              "threshold_basis": run_threshold_basis(state),
+              "train_minutes": state.meta.get("train_minutes"), "steps_done": state.meta.get("steps_done"),
+              "recipe": state.config.recipe, "fusion": state.meta.get("fusion")}
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "plots").is_dir():
+        shutil.rmtree(out / "plots")
+    if arrays:
+        others = {k.replace("int8 ", "") + " INT8": v for k, v in thresholds.items() if k != "fp32"}
+        report["plots"] = write_plots(arrays, state.threshold, out / "plots", f"{state.config.model}",
+                                      other_thresholds=others)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
