@@ -99,7 +99,9 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     if refusal:
         print(f"edge-train: error: {refusal}", file=sys.stderr)
         return 2
-    cfg = load_fit_config(a.config, overrides)
+    cfg = load_fit_config(a.config, overrides, data=a.data)
+    if cfg.recipe_choice:
+        print(_describe_choice(cfg.recipe_choice))
     data = open_dataset(a.data, cfg.val_fraction, cfg.seed)
     if a.overwrite and out.is_dir():
         removed = _clear_run(out)
@@ -118,11 +120,24 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_choice(choice: dict[str, Any]) -> str:
+    """One line: which recipe --recipe auto chose and why."""
+    measured = f" (content spread {choice['content_spread']:.4f}, texture above {choice['threshold']})" \
+        if "content_spread" in choice else ""
+    return f"recipe auto: {choice['chosen']}: {choice['reason']}{measured}; name another with --recipe"
+
+
 def _cmd_recipes(a: argparse.Namespace) -> int:
     import textwrap
 
-    from training.recipes import DEFAULT_RECIPE, load_recipe, recipe_names
+    from training.recipes import AUTO, DEFAULT_RECIPE, load_recipe, recipe_names
+    from training.recipes.auto import SPREAD_THRESHOLD
 
+    print(f"{AUTO}{' (default)' if AUTO == DEFAULT_RECIPE else ''}")
+    print(textwrap.indent(textwrap.fill(
+        "chooses texture or objects from the good images: texture when good images differ as wholes (the share of "
+        f"teacher-feature variance between whole images, the content spread, is above {SPREAD_THRESHOLD}), objects "
+        "when they contain the same things; the choice and the figure go into config.yaml and report.json", 100), "  "))
     for name in recipe_names():
         r = load_recipe(name)
         print(f"{name}{' (default)' if name == DEFAULT_RECIPE else ''}")
@@ -216,7 +231,7 @@ def _cfg_help(field: str, text: str | None = None) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from training.clihelp import DefaultsHelpFormatter
     from training.models import MODELS
-    from training.recipes import DEFAULT_RECIPE, recipe_names
+    from training.recipes import AUTO, DEFAULT_RECIPE, recipe_names
 
     fmt = {"formatter_class": DefaultsHelpFormatter}
     p = argparse.ArgumentParser(prog="edge-train", description="Train teacher-student anomaly models on good images.",
@@ -244,9 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--margin", choices=["truncate", "hinge"], default=None, help="enable the DFSC margin constraint")
     f.add_argument("--map-weights", type=float, nargs=3, metavar=("ST", "AE", "GAUSS"), default=None,
                    help="EfficientAD map weights; texture products without logical constraints: 1 0 2")
-    f.add_argument("--recipe", choices=recipe_names(), default=None,
-                   help="named settings to start from (edge-train recipes lists them with their measured figures; "
-                        f"default: {DEFAULT_RECIPE})")
+    f.add_argument("--recipe", choices=[AUTO, *recipe_names()], default=None,
+                   help="named settings to start from (edge-train recipes lists them with their measured figures); "
+                        f"auto chooses texture or objects from the good images (default: {DEFAULT_RECIPE})")
     f.add_argument("--config", help="YAML config; overrides the recipe, flags override it")
     f.add_argument("--out", required=True, help="run folder")
     f.add_argument("--steps", type=int, help=_cfg_help("steps"))

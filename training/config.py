@@ -18,6 +18,8 @@ class FitConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     recipe: str | None = Field(None, description="named recipe the settings start from (edge-train recipes)")
+    recipe_choice: dict[str, Any] | None = Field(
+        None, description="why --recipe auto chose the recipe (written by edge-train fit, not set by hand)")
     model: str = Field("efficientad-s", description="model name, e.g. efficientad-s, efficientad-m")
     params: dict[str, Any] = Field(default_factory=dict, description="family parameters (validated by the family)")
     size_px: int = Field(256, ge=32, le=1024, description="square input size of the model")
@@ -41,24 +43,42 @@ class FitConfig(BaseModel):
         "and the exported model are always fp32")
 
 
-def load_fit_config(path: str | Path | None, overrides: dict[str, Any]) -> FitConfig:
+def load_fit_config(path: str | Path | None, overrides: dict[str, Any], data: str | Path | None = None) -> FitConfig:
     """Merge a recipe, a YAML file and CLI overrides (later wins) into a validated FitConfig.
 
-    The recipe is the one the overrides or the file name, else the default (objects)."""
-    from training.recipes import DEFAULT_RECIPE, load_recipe
+    The recipe is the one the overrides or the file name, else the default (auto). `auto` looks at the good images
+    under `data` (training.recipes.auto) and records its choice and evidence in `recipe_choice`."""
+    from training.recipes import AUTO, DEFAULT_RECIPE
 
-    data: dict[str, Any] = {}
+    loaded: dict[str, Any] = {}
     if path:
         p = Path(path)
-        loaded = read_document(p, "yaml", TrainConfigError, "config")
-        if loaded is not None and not isinstance(loaded, dict):
+        doc = read_document(p, "yaml", TrainConfigError, "config")
+        if doc is not None and not isinstance(doc, dict):
             raise TrainConfigError(f"{p}: expected a mapping of keys to values at the top level")
-        data.update(loaded or {})
-    name = overrides.get("recipe") or data.get("recipe") or DEFAULT_RECIPE
+        loaded.update(doc or {})
+    name = overrides.get("recipe") or loaded.get("recipe") or DEFAULT_RECIPE
+    if name != AUTO:
+        return _merge(name, loaded, overrides, None)
+    if data is None:
+        raise TrainConfigError("recipe auto chooses from the training images: pass the dataset, or name a recipe "
+                               "(edge-train recipes)")
+    from training.recipes.auto import choose_recipe
+
+    probe = _merge("objects", dict(loaded), dict(overrides), None)  # the model, seed and split the run will use
+    choice = choose_recipe(data, probe.model, probe.val_fraction, probe.seed)
+    return _merge(choice["chosen"], loaded, overrides, choice)
+
+
+def _merge(name: str, loaded: dict[str, Any], overrides: dict[str, Any], choice: dict[str, Any] | None) -> FitConfig:
+    from training.recipes import load_recipe
+
     base = dict(load_recipe(name).config)
-    params = {**base.pop("params", {}), **data.pop("params", {}), **overrides.pop("params", {})}
-    data = {**base, **data, **{k: v for k, v in overrides.items() if v is not None}, "recipe": name, "params": params}
+    loaded, overrides = dict(loaded), dict(overrides)
+    params = {**base.pop("params", {}), **loaded.pop("params", {}), **(overrides.pop("params", None) or {})}
+    merged = {**base, **loaded, **{k: v for k, v in overrides.items() if v is not None}, "recipe": name,
+              "recipe_choice": choice, "params": params}
     try:
-        return FitConfig(**data)
+        return FitConfig(**merged)
     except ValidationError as err:
         raise TrainConfigError(f"config key {field_problem(err, keys=FitConfig.model_fields)}") from err

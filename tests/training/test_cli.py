@@ -25,6 +25,7 @@ def test_fit_resume_and_report(tmp_path, tiny_data):
               "--batch-size", "2", "--quiet", "--map-weights", "1", "0", "2"]
     r = _run(*common, "--steps", "3")
     assert r.returncode == 0, r.stderr
+    assert "recipe auto: objects: good images contain the same things" in r.stdout
     # 6 held-out good images cannot resolve a 0.5 % false-alarm target: said in the output and both files
     assert "warning: threshold from only 6 good images" in r.stdout and "steps of 16.7%" in r.stdout
     # and ends with the command to run next (ux: fit never said)
@@ -39,6 +40,7 @@ def test_fit_resume_and_report(tmp_path, tiny_data):
     assert meta["threshold_basis"]["n_good_images"] == 6 and meta["threshold_basis"]["good_images_needed"] == 200
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["image_auroc_by_kind"]) == {"logical", "structural"}
+    assert rep["recipe"] == "objects" and rep["recipe_choice"]["chosen"] == "objects"
     assert all((out / "plots" / p).stat().st_size > 1000 for p in rep["plots"])
     assert rep["threshold_basis"]["warning"] and rep["threshold_basis"] == meta["threshold_basis"]
     # --overwrite starts clean: the old INT8 artifacts go with the old model

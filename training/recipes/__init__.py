@@ -1,7 +1,8 @@
 """Named training recipes: YAML files shipped in this package (`edge-train recipes` lists them).
 
 A recipe is a set of `edge-train fit` settings with the figures it reached and the command that measured
-them. `fit --recipe NAME` starts from it; a `--config` file and flags override it (objects is the default).
+them. `fit --recipe NAME` starts from it; a `--config` file and flags override it. The default, `auto`, is not a
+file: it chooses one of them from the good images (training.recipes.auto).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from training.errors import TrainConfigError
 
-__all__ = ["DEFAULT_RECIPE", "Recipe", "load_recipe", "recipe_names"]
+__all__ = ["AUTO", "DEFAULT_RECIPE", "Recipe", "load_recipe", "recipe_names"]
 
-DEFAULT_RECIPE = "objects"
+AUTO = "auto"
+DEFAULT_RECIPE = AUTO
 
 
 class Measured(BaseModel):
