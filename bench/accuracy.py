@@ -50,7 +50,10 @@ def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: 
     from training.errors import TrainingError
     from training.pipeline import train_run
 
-    if name.startswith("recipe:"):
+    if name == "recipe:auto":  # the default command: `edge-train fit --data D --max-minutes M`, nothing else set
+        cfg = load_fit_config(None, {"max_minutes": minutes, "seed": seed, "checkpoint_every": 10_000}, data=data)
+        size = cfg.size_px
+    elif name.startswith("recipe:"):
         cfg = load_fit_config(None, {"recipe": name.split(":", 1)[1], "steps": steps, "max_minutes": minutes,
                                      "seed": seed, "checkpoint_every": 10_000})
         size = cfg.size_px
@@ -68,7 +71,7 @@ def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: 
     state, rep = result.state, result.report
     m = state.model
     trainable = sum(p.numel() for p in m.parameters())
-    row = {"variant": name, "data": data.name, "size_px": size, "image_auroc": rep["image_auroc"],
+    row = {"variant": name, "data": data.name, "recipe": cfg.recipe, "size_px": size, "image_auroc": rep["image_auroc"],
            "logical": rep["image_auroc_by_kind"].get("logical"), "structural": rep["image_auroc_by_kind"].get("structural"),
            "pixel_auroc": rep.get("pixel_auroc"), "aupro": rep.get("aupro_0.3"),
            **{f"aupro_{k}": v for k, v in rep.get("aupro_by_kind", {}).items()},
@@ -82,9 +85,9 @@ def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))
-    from training.recipes import recipe_names
+    from training.recipes import AUTO, recipe_names
 
-    recipes = [f"recipe:{r}" for r in recipe_names()]
+    recipes = [f"recipe:{r}" for r in [AUTO, *recipe_names()]]
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS) + recipes, choices=list(VARIANTS) + recipes)
     ap.add_argument("--datasets", nargs="*", default=["synthetic", "elpv-mono", "elpv-poly"])
     ap.add_argument("--minutes", type=float, default=60.0, help="training budget per model")
@@ -108,7 +111,7 @@ def main() -> int:
             rows.append(run_one(v, path, a.out / "runs" / f"{dname}-{v.replace(' ', '_').replace(':', '-')}", a.size, a.minutes,
                                 a.steps, a.batch, a.seed))
             save(a.out / "accuracy.json", {"machine": machine(), "args": {k: str(v) for k, v in vars(a).items()}, "rows": rows})
-    cols = ["variant", "data", "image_auroc", "logical", "structural", "pixel_auroc", "aupro", "aupro_structural",
+    cols = ["variant", "data", "recipe", "image_auroc", "logical", "structural", "pixel_auroc", "aupro", "aupro_structural",
             "aupro_logical", "train_min", "steps", "params_M", "gmac"]
     print(table(rows, cols))
     return 0
