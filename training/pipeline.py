@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from edge.contract import EdgeError, read_quant_result
 from training import evaluate as evaluation
 from training.config import FitConfig
 from training.data import Dataset
@@ -78,10 +79,12 @@ def bundle_thresholds(run: Path, state: RunState) -> dict[str, float]:
         return found
     model_sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     for q in sorted((run / "quantized").glob("*/quant.json")):
-        res = json.loads(q.read_text())
-        is_current = (res.get("source") or {}).get("model_sha256") == model_sha
-        if is_current and (res.get("gate") or {}).get("passed") and "threshold" in res:
-            found[f"int8 {q.parent.name}"] = float(res["threshold"])
+        try:
+            res = read_quant_result(q)
+        except EdgeError:
+            continue  # unreadable or from a newer version: no bundle of this run uses it (edge-deploy refuses it)
+        if res.source is not None and res.source.model_sha256 == model_sha and res.gate.passed:
+            found[f"int8 {q.parent.name}"] = res.threshold
     return found
 
 

@@ -62,11 +62,22 @@ def test_bundle_thresholds_take_only_current_passing_int8_artifacts(tmp_path):
 
     (tmp_path / "model.onnx").write_bytes(b"model")
     sha = hashlib.sha256(b"model").hexdigest()
+    from edge.contract import QuantResult
+
+    def quant(runtime, model_sha, passed, thr):
+        return QuantResult(
+            runtime=runtime, artifact="model.int8", device="CPU", threshold=thr, threshold_fp32=0.25,
+            output_affine={}, calibration={"n_images": 4, "source": "training good images"},
+            mixed_precision={"chosen": {}}, minutes=0.1,
+            gate={"passed": passed, "image_auroc_drop": 0.0, "spearman_scores": 1.0},
+            source={"model_sha256": model_sha, "images_sha256": "i", "settings": {}})
+
     for rt, model_sha, passed, thr in [("onnxruntime", sha, True, 0.3), ("openvino", sha, False, 0.4),
-                                       ("tensorrt", "old", True, 0.5)]:
+                                       ("tensorrt", "old", True, 0.5), ("litert", sha, True, 0.6)]:
         (tmp_path / "quantized" / rt).mkdir(parents=True)
-        (tmp_path / "quantized" / rt / "quant.json").write_text(json.dumps(
-            {"threshold": thr, "gate": {"passed": passed}, "source": {"model_sha256": model_sha}}))
+        quant(rt, model_sha, passed, thr).write(tmp_path / "quantized" / rt / "quant.json")
+    # a damaged file is no bundle's threshold: skipped, not a crash of the report
+    (tmp_path / "quantized" / "litert" / "quant.json").write_text('{"threshold": 0.6')
     assert bundle_thresholds(tmp_path, SimpleNamespace(threshold=0.25)) == {"fp32": 0.25, "int8 onnxruntime": 0.3}
 
 
