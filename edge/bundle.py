@@ -17,14 +17,11 @@ from typing import Any
 import numpy as np
 
 from edge.backends.base import Backend
-from edge.contract import MANIFEST_FILE, MANIFEST_SCHEMA, BundleManifest, manifest_from, sha256_file
+from edge.contract import MANIFEST_FILE, BundleManifest, OutputAffine, manifest_from, sha256_file
 from edge.errors import BundleError
-from edge.postprocess import OutputAffine
 from edge.signing import Trust
 
-__all__ = ["SCHEMA_VERSION", "Bundle", "load_bundle", "sha256_file", "self_test"]
-
-SCHEMA_VERSION = MANIFEST_SCHEMA  # the manifest's schema: defined by the contract
+__all__ = ["Bundle", "load_bundle", "self_test"]
 
 
 @dataclass

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.contract.io import OutputAffine, Prediction
+from edge.contract.io import Prediction
 from edge.errors import FrameError
 
-__all__ = ["OutputAffine", "Judgement", "judge"]
+__all__ = ["Judgement", "judge"]
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,15 @@ from pathlib import Path
 
 from edge.contract import QuantResult, QuantSource, read_model_card, sha256_file
 
-__all__ = ["artifact_sha256", "expected_source", "file_sha256", "stale_reason"]
-
-
-file_sha256 = sha256_file  # the one file hash, the bundle manifest's
+__all__ = ["artifact_sha256", "expected_source", "stale_reason"]
 
 
 def artifact_sha256(path: Path) -> str:
     """SHA-256 of an artifact, with its weights file where the format keeps one apart (OpenVINO .xml + .bin)."""
-    h = hashlib.sha256(file_sha256(path).encode())
+    h = hashlib.sha256(sha256_file(path).encode())
     weights = path.with_suffix(".bin")
     if path.suffix == ".xml" and weights.is_file():
-        h.update(file_sha256(weights).encode())
+        h.update(sha256_file(weights).encode())
     return h.hexdigest()
 
 
@@ -45,7 +42,7 @@ def expected_source(run: Path, runtime: str, *, device: str, max_drop: float, ma
         "selection_strengths": list(SELECTION_STRENGTHS), "sensitivity_bounds_db": list(SENSITIVITY_BOUNDS_DB),
         **quantizer(runtime).settings,
     }
-    return QuantSource(model_sha256=file_sha256(run / "model.onnx"),
+    return QuantSource(model_sha256=sha256_file(run / "model.onnx"),
                        images_sha256=images_fingerprint(card, calib_dir, max_calib), settings=settings)
 
 

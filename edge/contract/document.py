@@ -30,6 +30,8 @@ def read_document(path: Path, fmt: Literal["yaml", "json"], error: type[Exceptio
         return parse(path.read_text())
     except OSError as err:
         raise error(f"{path}: cannot read {what}: {err.strerror}{hint}") from err
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not {name} text (undecodable bytes at offset {err.start}){hint}") from err
     except syntax_errors as err:
         raise error(f"{path}: not valid {name}: {err}{hint}") from err
 

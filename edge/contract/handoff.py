@@ -42,10 +42,12 @@ def validate_handoff(model: type[M], raw: Any, path: Path, schema: int, error: t
     if not isinstance(raw, dict):
         raise error(f"{path}: must be a JSON object, got {type(raw).__name__}; {fix}")
     version = raw.get("schema_version", schema)
-    if isinstance(version, int) and not isinstance(version, bool) and version > schema:
+    if not isinstance(version, int) or isinstance(version, bool):  # "2" must not pass as 2
+        raise error(f"{path}: schema_version must be a whole number, got {version!r}; {fix}")
+    if version > schema:
         raise error(f"{path}: schema_version {version} is newer than this version reads ({schema}); {upgrade}")
     contract = raw.get("contract_version", CONTRACT_VERSION)
-    if "contract_version" in model.model_fields and contract != CONTRACT_VERSION:
+    if "contract_version" in model.model_fields and (type(contract) is not int or contract != CONTRACT_VERSION):
         raise error(f"{path}: I/O contract {contract!r} is not this version's ({CONTRACT_VERSION}); {fix}")
     try:
         return model.model_validate(raw)

@@ -96,8 +96,10 @@ class BundleManifest(BaseModel):
 
 def manifest_from(raw: Any, path: Path) -> BundleManifest:
     """A parsed manifest.json, validated; BundleError names the file, the field and the fix."""
-    if isinstance(raw, dict) and "schema_version" not in raw:
-        raise BundleError(f"{path}: schema_version missing; {_REBUILD}")
+    if isinstance(raw, dict):  # a manifest states both versions: one that does not is not trusted
+        for key in ("schema_version", "contract_version"):
+            if key not in raw:
+                raise BundleError(f"{path}: {key} missing; {_REBUILD}")
     return validate_handoff(BundleManifest, raw, path, MANIFEST_SCHEMA, BundleError, _REBUILD, _UPGRADE)
 
 

@@ -195,3 +195,22 @@ def test_inspect_prints_one_line_for_a_broken_manifest(tmp_path):
     r = subprocess.run([sys.executable, "-m", "deploy.cli", "inspect", str(b)], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "efficientad-tiny (efficientad)" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("changes", [{"schema_version": "1"}, {"schema_version": True}, {"contract_version": "1"},
+                                     {"contract_version": None}])
+def test_versions_must_be_whole_numbers_not_lookalikes(tmp_path, changes):
+    """review: "1" was coerced to 1 and a missing contract_version defaulted to this version's."""
+    b = _bundle(tmp_path / "b", **changes)
+    with pytest.raises(BundleError) as err:
+        load_bundle(b)
+    assert "version" in _one_line(err) and "rebuild the bundle with edge-deploy" in _one_line(err)
+
+
+def test_undecodable_bytes_are_a_one_line_error(tmp_path):
+    p = tmp_path / "run" / "quantized" / "onnxruntime" / "quant.json"
+    p.parent.mkdir(parents=True)
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(EdgeError) as err:
+        read_quant_result(p)
+    assert "not JSON text" in _one_line(err) and "edge-quantize" in _one_line(err)

@@ -64,7 +64,7 @@ def test_int8_threshold_uses_the_models_score_rule(top_run, fast_quantize):
 def test_deploy_requantizes_when_model_onnx_changed(run_copy, fast_quantize, capsys):
     """ux-r2 E1: a retrain into the same run folder, then deploy, shipped the INT8 graph of the old model."""
     from deploy.cli import _quantized
-    from quantize.provenance import file_sha256
+    from edge.contract import sha256_file
 
     first = _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
     old_art = (run_copy / "quantized" / "onnxruntime" / first.artifact).read_bytes()
@@ -82,7 +82,7 @@ def test_deploy_requantizes_when_model_onnx_changed(run_copy, fast_quantize, cap
     res = _quantized(run_copy, "onnxruntime", 1.0, "CPU", max_far_increase=1.0)
     out = capsys.readouterr().out
     assert "quantized/onnxruntime is stale: model.onnx changed since it was quantized; re-quantizing" in out
-    assert res.source.model_sha256 == file_sha256(run_copy / "model.onnx")
+    assert res.source.model_sha256 == sha256_file(run_copy / "model.onnx")
     assert (run_copy / "quantized" / "onnxruntime" / res.artifact).read_bytes() != old_art
 
 
