@@ -34,7 +34,7 @@ def main() -> int:
     rows = []
     for name, root in sets:
         t0 = time.monotonic()
-        c = choose_recipe(root, "efficientad-s", 0.1, 0)
+        c = choose_recipe(root, "efficientad-s", {}, 0.1, 0)
         rows.append({"dataset": name, "content_spread": c["content_spread"], "margin": round(c["content_spread"] / c["threshold"], 2),
                      "chosen": c["chosen"], "images": c["images"], "seconds": round(time.monotonic() - t0, 1)})
         print(rows[-1], flush=True)

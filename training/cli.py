@@ -99,8 +99,14 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     if refusal:
         print(f"edge-train: error: {refusal}", file=sys.stderr)
         return 2
+    recorded = _recorded_recipe(out) if a.resume and not a.recipe else None
+    if recorded:  # a resumed run keeps the recipe it started with: auto's choice could differ on changed data
+        overrides["recipe"] = recorded[0]
     cfg = load_fit_config(a.config, overrides, data=a.data)
-    if cfg.recipe_choice:
+    if recorded:
+        cfg = cfg.model_copy(update={"recipe_choice": recorded[1]})
+        print(f"--resume: the run's recipe, {cfg.recipe}")
+    elif cfg.recipe_choice:
         print(_describe_choice(cfg.recipe_choice))
     data = open_dataset(a.data, cfg.val_fraction, cfg.seed)
     if a.overwrite and out.is_dir():
@@ -118,6 +124,20 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     _print_report(report, out)
     print(_next_deploy(out))
     return 0
+
+
+def _recorded_recipe(out: Path) -> tuple[str, dict[str, Any] | None] | None:
+    """The recipe (and auto's evidence) a run folder's config.yaml records, if it records one."""
+    from edge.contract import read_document
+    from training.errors import TrainConfigError
+
+    path = out / "config.yaml"
+    if not path.is_file():
+        return None
+    saved = read_document(path, "yaml", TrainConfigError, "run config")
+    if not isinstance(saved, dict):
+        return None
+    return str(saved.get("recipe") or "objects"), saved.get("recipe_choice")  # no recipe recorded: objects' days
 
 
 def _describe_choice(choice: dict[str, Any]) -> str:
@@ -252,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", required=True, help="dataset folder (plain folder, MVTec AD or MVTec LOCO layout)")
     f.add_argument("--model", choices=sorted(MODELS), default=None, help=_cfg_help("model", "model family and variant"))
     f.add_argument("--teacher", choices=["lite0", "lite1", "lite2", "pdn"], default=None,
-                   help="EfficientAD teacher: a frozen EfficientNet-Lite, or the distilled PDN (default: lite0)")
+                   help="EfficientAD teacher: a frozen EfficientNet-Lite, or the distilled PDN (default: the recipe's)")
     f.add_argument("--teacher-weights", metavar="PATH",
                    help="PDN teacher weights from `edge-train distill-teacher` (default: the package's teacher of the "
                         "model's width, training/weights/pdn_<width>_lite0.pt; s is shipped)")

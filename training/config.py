@@ -65,8 +65,8 @@ def load_fit_config(path: str | Path | None, overrides: dict[str, Any], data: st
                                "(edge-train recipes)")
     from training.recipes.auto import choose_recipe
 
-    probe = _merge("objects", dict(loaded), dict(overrides), None)  # the model, seed and split the run will use
-    choice = choose_recipe(data, probe.model, probe.val_fraction, probe.seed)
+    probe = _merge("objects", dict(loaded), dict(overrides), None)  # what the user set, the seed and the split
+    choice = choose_recipe(data, probe.model, probe.params, probe.val_fraction, probe.seed)
     return _merge(choice["chosen"], loaded, overrides, choice)
 
 

@@ -85,3 +85,8 @@ def test_auto_keeps_objects_where_the_statistic_cannot_speak(tmp_path):
     assert few.recipe == "objects" and "needs 8" in few.recipe_choice["reason"]
     other = load_fit_config(None, {"size_px": 96, "model": "fcl"}, data=tmp_path / "few")
     assert other.recipe == "objects" and "EfficientAD's" in other.recipe_choice["reason"]
+    # the texture recipe picks Lite stages: a PDN teacher asked for keeps objects (review: it failed to build)
+    cells = _wholes(tmp_path / "cells", 12, differ=True)
+    pdn = load_fit_config(None, {"size_px": 96, "params": {"teacher": "pdn"}}, data=cells)
+    assert pdn.recipe == "objects" and "PDN" in pdn.recipe_choice["reason"]
+    build_model(pdn.model, pdn.params, 64)

@@ -7,7 +7,7 @@ against variation across positions inside them. An assembly photographed the sam
 same things in every image, so its spread is small and the image-level global branch can see a missing, extra or
 swapped part (objects recipe). Good parts that differ as wholes — brightness, crystal pattern, grain — have a
 large spread: the global branch would flag normal variation, and local maps carry detection (texture recipe).
-Measured in docs/benchmarks.md ("Which recipe --recipe auto chooses").
+Measured by bench.auto_recipe (docs/benchmarks.md, "Which recipe does --recipe auto choose?").
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = ["SPREAD_THRESHOLD", "MIN_IMAGES", "content_spread", "choose_recipe"]
 # synthetic assembled parts 0.0036-0.0040 (four generator seeds); ELPV poly 0.019, mono 0.034 (two splits each):
 # the threshold sits near their geometric mean, a factor of 2-3 from each
 SPREAD_THRESHOLD = 0.01
-MIN_IMAGES = 8  # fewer good images than this: the spread is noise and the default (objects) stands
+MIN_IMAGES = 8  # fewer good images than this: the spread is noise and objects is kept
 MAX_IMAGES = 60  # enough for a stable figure (seeds agree to 0.0004), cheap on a 2-core CPU
 _STAGES = (2, 3, 4, 5)  # every Lite0 stage the objects recipe's teacher can use
 # the statistic is measured at one size whatever the run trains at: image means over few positions (a 2x2 deepest
@@ -47,10 +47,16 @@ def content_spread(images: torch.Tensor) -> float:
     return sum(shares) / len(shares)
 
 
-def choose_recipe(data_root: str | Path, model: str, val_fraction: float, seed: int) -> dict[str, Any]:
-    """The recipe `--recipe auto` trains, with the evidence: {"chosen", "reason", and the statistic when measured}."""
+def choose_recipe(data_root: str | Path, model: str, params: dict[str, Any], val_fraction: float,
+                  seed: int) -> dict[str, Any]:
+    """The recipe `--recipe auto` trains, with the evidence: {"chosen", "reason", and the statistic when measured}.
+
+    params: the family parameters the user set (config file and flags); a PDN teacher rules the texture recipe
+    out, whose student and Gaussian select Lite stages."""
     if not model.startswith("efficientad"):
         return {"chosen": "objects", "reason": f"the texture recipe is EfficientAD's; {model} uses its own defaults"}
+    if params.get("teacher") == "pdn":
+        return {"chosen": "objects", "reason": "a PDN teacher was asked for; the texture recipe needs a Lite teacher"}
     from training.data import open_dataset
     from training.inference import load_images
 
