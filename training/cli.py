@@ -271,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="train a model on good images, calibrate, evaluate and export to ONNX", **fmt)
     f.add_argument("--data", required=True, help="dataset folder (plain folder, MVTec AD or MVTec LOCO layout)")
     f.add_argument("--model", choices=sorted(MODELS), default=None, help=_cfg_help("model", "model family and variant"))
-    f.add_argument("--teacher", choices=["lite0", "lite1", "lite2", "pdn"], default=None,
-                   help="EfficientAD teacher: a frozen EfficientNet-Lite, or the distilled PDN (default: the recipe's)")
+    f.add_argument("--teacher", choices=["lite0", "lite1", "lite2", "pdn", "auto"], default=None,
+                   help="EfficientAD teacher: a frozen EfficientNet-Lite, the distilled PDN, or auto (the PDN where "
+                        "the package ships one for the width, else lite0) (default: the recipe's)")
     f.add_argument("--teacher-weights", metavar="PATH",
                    help="PDN teacher weights from `edge-train distill-teacher` (default: the package's teacher of the "
                         "model's width, training/weights/pdn_<width>_lite0.pt; s is shipped)")

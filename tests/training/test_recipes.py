@@ -90,3 +90,14 @@ def test_auto_keeps_objects_where_the_statistic_cannot_speak(tmp_path):
     pdn = load_fit_config(None, {"size_px": 96, "params": {"teacher": "pdn"}}, data=cells)
     assert pdn.recipe == "objects" and "PDN" in pdn.recipe_choice["reason"]
     build_model(pdn.model, pdn.params, 64)
+
+
+def test_objects_takes_the_shipped_pdn_teacher_where_one_exists():
+    """issue 15 item 4: the PDN quantizes whole; widths without a shipped PDN keep the Lite0 teacher."""
+    cfg = load_fit_config(None, {"recipe": "objects"})
+    assert cfg.params["teacher"] == "auto"
+    assert build_model("efficientad-s", cfg.params, 64).params.teacher == "pdn"
+    assert build_model("efficientad-tiny", {**cfg.params, "pretrained_backbone": False}, 64).params.teacher == "lite0"
+    # Lite stage choices say the user meant a Lite teacher
+    staged = {**cfg.params, "student_stages": [3], "pretrained_backbone": False}
+    assert build_model("efficientad-s", staged, 64).params.teacher == "lite0"

@@ -18,14 +18,14 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from training.errors import TrainConfigError
 from training.models.base import AnomalyModel, FamilyParams, RawOutputs, TrainBatch, register
 from training.models.pdn import PDN_WIDTHS, Autoencoder, Pdn, equalize_channels, pdn_grid
 from training.models.snc import SncHead
-from training.models.teachers import LiteTarget, load_pdn_teacher
+from training.models.teachers import LiteTarget, default_teacher_path, load_pdn_teacher
 from training.penalty import PenaltyImages
 
 __all__ = ["EfficientAd", "EfficientAdParams", "MarginParams", "VARIANTS"]
@@ -51,8 +51,9 @@ class MarginParams(BaseModel):
 
 class EfficientAdParams(FamilyParams):
     size: Literal["s", "m", "tiny"] = Field("s", description="PDN size: s, m (paper) or tiny (tests)")
-    teacher: Literal["lite0", "lite1", "lite2", "pdn"] = Field(
-        "lite0", description="frozen EfficientNet-Lite target, or a PDN distilled from it"
+    teacher: Literal["lite0", "lite1", "lite2", "pdn", "auto"] = Field(
+        "lite0", description="frozen EfficientNet-Lite target, or a PDN distilled from it; auto: the PDN where the "
+        "package ships one of the model's width (s) or teacher_weights names one, else lite0"
     )
     teacher_weights: str | None = Field(None, description="path of distilled PDN teacher weights")
     teacher_stages: tuple[int, ...] = Field((3, 4, 5), description="Lite stages of the teacher target")
@@ -79,6 +80,16 @@ class EfficientAdParams(FamilyParams):
     snc: bool = Field(False, description="compare student and teacher through spatial-neighbourhood codes (FCL)")
     margin: MarginParams = Field(default_factory=MarginParams)
     pretrained_backbone: bool = Field(True, description="ImageNet weights for the Lite teacher (False: tests)")
+
+    @model_validator(mode="after")
+    def _resolve_teacher(self) -> "EfficientAdParams":
+        # the PDN quantizes whole (OpenVINO INT8 10.8x its FP32 at 256 px) where the Lite teacher's depthwise
+        # layers stay float (1.4x): the objects recipe asks for it wherever one exists (docs/benchmarks.md)
+        if self.teacher == "auto":
+            has_pdn = self.teacher_weights is not None or default_teacher_path(self.size).is_file()
+            lite_only = self.student_stages is not None or self.gaussian_stages is not None
+            self.teacher = "pdn" if has_pdn and not lite_only else "lite0"
+        return self
 
 
 # variants are data: the CLI model name maps to parameter overrides
