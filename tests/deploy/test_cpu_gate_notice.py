@@ -8,6 +8,7 @@ import numpy as np
 def test_cpu_target_says_which_runtime_failed_its_gate(tiny_run, tmp_path, monkeypatch, capsys):
     """ux: `edge-deploy --target cpu` printed 1,191 lines and never said that OpenVINO failed its gate."""
     import deploy.cli as dcli
+    from edge.contract import QuantGate
     from quantize.gate import gate_report
 
     run = tmp_path / "run"
@@ -15,10 +16,12 @@ def test_cpu_target_says_which_runtime_failed_its_gate(tiny_run, tmp_path, monke
     real = dcli._quantized
     labels = np.r_[np.zeros(4, int), np.ones(4, int)]
     fs, maps = labels + np.linspace(0, 0.1, 8), np.zeros((8, 4, 4))
-    failing = {"gate": gate_report(labels, None, (maps, fs), (maps, fs[::-1]), 0.5, 0.5)}
+    failing_gate = QuantGate(**gate_report(labels, None, (maps, fs), (maps, fs[::-1]), 0.5, 0.5))
 
     def quantized(run_, qruntime, *args, **kwargs):
-        return failing if qruntime == "openvino" else real(run_, qruntime, *args, **kwargs)
+        if qruntime == "openvino":  # OpenVINO's quant.json as its gate refused it
+            return real(run_, qruntime, *args, **kwargs).model_copy(update={"gate": failing_gate})
+        return real(run_, qruntime, *args, **kwargs)
 
     monkeypatch.setattr(dcli, "_quantized", quantized)
     rc = dcli.main(["--target", "cpu", str(run), "--out", str(tmp_path / "b"), "--max-drop", "1.0",

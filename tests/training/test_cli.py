@@ -100,7 +100,6 @@ def test_distill_teacher_resumes_and_writes_a_loadable_fp16_teacher(tmp_path):
     assert r.returncode == 0, r.stderr
     r = _run(*common, "--steps", "5", "--resume")
     assert r.returncode == 0, r.stderr
-    assert "--resume: the run's recipe, objects" in r.stdout and "recipe auto:" not in r.stdout
     assert torch.load(out.with_suffix(".ckpt"), weights_only=False)["step"] == 5
     saved = torch.load(out, weights_only=True)
     assert saved["steps_done"] == 5 and all(v.dtype == torch.float16 for v in saved["state_dict"].values())
