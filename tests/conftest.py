@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -28,11 +29,15 @@ def mosquitto_exe() -> str | None:
 class Mosquitto:
     """A real mosquitto on a loopback port; stop() and start() keep the port (for outage tests)."""
 
-    def __init__(self, extra_conf: str = "") -> None:
+    def __init__(self, extra_conf: str = "", persistent: bool = False) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="mosq-"))
         self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(extra_conf or f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        # persistent: sessions and their queued QoS-1 messages survive a restart, as on a plant broker
+        # (run as root, mosquitto would drop to its own user, which cannot write this private folder)
+        keep = (f"persistence true\npersistence_location {self.dir}/\nuser {getpass.getuser()}\n" if persistent
+                else "persistence false\n")
+        self.conf.write_text(extra_conf or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{keep}")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:

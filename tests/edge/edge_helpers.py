@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -61,14 +62,22 @@ def wait_for(pred: Callable[[], Any], timeout: float = 60) -> bool:
 class Subscriber:
     """A plant-side QoS-1 subscriber: JSON payloads of `topic`, split into verdicts and everything else."""
 
-    def __init__(self, port: int, topic: str = "lineside/#", client_id: str | None = None) -> None:
+    def __init__(self, port: int, topic: str = "lineside/#", client_id: str | None = None,
+                 clean_session: bool = True) -> None:
         self.verdicts: list[dict] = []
         self.status: list[dict] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"scada-{time.time_ns()}")
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"scada-{time.time_ns()}",
+                                  clean_session=clean_session)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._msg
+        self.client.reconnect_delay_set(1, 2)  # back soon after a broker restart
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        # returning before the SUBACK would let a fast publisher's first messages go to no one
+        if not self._subscribed.wait(30):
+            raise RuntimeError(f"subscriber got no SUBACK from the broker on port {port} within 30 s")
 
     def _msg(self, c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
         if m.topic.endswith("/verdict"):
