@@ -121,9 +121,21 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     if basis["warning"]:
         print(f"  warning: {basis['warning']}")
     print(_describe_fusion(state.meta.get("fusion") or {}))
+    if state.meta.get("budget"):
+        print(_describe_budget(state.meta["budget"], state.meta))
     _print_report(report, out)
     print(_next_deploy(out))
     return 0
+
+
+def _describe_budget(b: dict[str, Any], meta: dict[str, Any]) -> str:
+    """What a --max-minutes budget bought (train.json's `budget`), in one or two lines."""
+    batch = f"batch {b['batch_size']}" + (f" (the recipe's {b['recipe_batch_size']}, traded for steps)"
+                                          if b["batch_size"] != b["recipe_batch_size"] else "")
+    line = (f"budget {b['max_minutes']:g} min: the fit took {b['total_min']:.1f} — {b['before_train_min']:.1f} images "
+            f"and teacher features, {meta['train_minutes']:.1f} training ({meta['steps_done']} steps at {batch}), "
+            f"{b['after_train_min']:.1f} calibration")
+    return line + (f"\n  note: {b['short']}" if b.get("short") else "")
 
 
 def _recorded_recipe(out: Path) -> tuple[str, dict[str, Any] | None] | None:
@@ -291,8 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, help=_cfg_help("seed"))
     f.add_argument("--far", type=float, help=_cfg_help("false_alarm_rate", "target false-alarm rate for the threshold"))
     f.add_argument("--max-minutes", type=float,
-                   help="training time budget; the lr drop and AST's teacher/student phases are scheduled within it "
-                        "(default: none, --steps decides)")
+                   help="budget of the whole fit (images, teacher features, training, calibration): the batch is "
+                        "chosen by measured step times, the lr drop and AST's phases are scheduled within it, "
+                        "report.json's `budget` says what was traded (default: none, --steps decides)")
     again = f.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     again.add_argument("--overwrite", action="store_true",

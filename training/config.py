@@ -33,7 +33,11 @@ class FitConfig(BaseModel):
     false_alarm_rate: float = Field(0.005, ge=0, lt=1, description="target false-alarm rate of the threshold on good images")
     select_fusion: bool = Field(True, description="choose how the maps are weighted on held-out good images with "
                                 "synthetic defects (training.selection); off: the recipe's weights")
-    max_minutes: float | None = Field(None, gt=0, description="stop training after this many minutes")
+    max_minutes: float | None = Field(
+        None, gt=0, description="budget of the whole fit in minutes (images, teacher features, training, calibration): "
+        "the schedule picks the batch by measured step times and fits the lr drop into it (training.budget)")
+    budget_min_steps: int = Field(100, ge=1, description="optimiser steps a --max-minutes budget should buy; "
+                                  "below it the batch is halved while that buys more steps")
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     device: str = Field("auto", description="cpu, cuda or auto")

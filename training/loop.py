@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from training import __version__
+from training.budget import BudgetPlan, plan_budget
 from training.config import FitConfig
 from training.data import Dataset
 from training.inference import load_images, score_images
@@ -53,6 +54,7 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     """
     from tqdm import tqdm
 
+    t_fit = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -81,46 +83,70 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     elif resume:
         print(f"--resume: no checkpoint in {out}; training from step 0")
     gen = torch.Generator().manual_seed(cfg.seed + start)
+    history: list[dict[str, float]] = []
+    step = start
+    train_budget: float | None = None  # minutes of optimisation, the earlier ones of a resumed run included
     t0 = time.monotonic()
 
     def minutes() -> float:
         return minutes_before + (time.monotonic() - t0) / 60
 
-    def done_share(step: int) -> float:
+    def done_share() -> float:
         """Share of the schedule done: whichever of the step count and the time budget runs out first sets it,
         so the lr drop and a family's phases (AST: teacher, then student) happen inside a --max-minutes run."""
         share = step / cfg.steps
-        if cfg.max_minutes is not None:
-            share = max(share, minutes() / cfg.max_minutes)
+        if train_budget is not None:
+            share = max(share, minutes() / max(train_budget, 1e-9))
         return min(share, 1.0)
 
-    history: list[dict[str, float]] = []
-    model.train()
-    bar = tqdm(range(start, cfg.steps), desc=f"train {cfg.model}", disable=not progress, initial=start, total=cfg.steps)
-    step = start
-    for step in bar:
-        share = done_share(step)
+    def one_step(batch_size: int) -> float:
+        """One optimiser step at batch_size; returns its loss."""
+        nonlocal step
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * (0.1 if share >= cfg.lr_drop_at else 1.0)
-        idx = torch.randint(len(train), (min(cfg.batch_size, len(train)),), generator=gen)
+            g["lr"] = cfg.lr * (0.1 if done_share() >= cfg.lr_drop_at else 1.0)
+        idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen)
         batch = TrainBatch(idx, train[idx].to(device).contiguous(memory_format=layout))
         with autocast:
-            losses = model.training_losses(batch, share)
+            losses = model.training_losses(batch, done_share())
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()
         if step % 10 == 0:
-            row = {k: round(float(v.detach()), 5) for k, v in losses.items()}
-            history.append({"step": step, **row})
-            bar.set_postfix(loss=row["loss"])
-        if (step + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(ckpt, model, opt, step + 1, minutes())
-        if cfg.max_minutes is not None and minutes() > cfg.max_minutes:
-            bar.write(f"time budget of {cfg.max_minutes} min reached at step {step + 1}/{cfg.steps}")
+            history.append({"step": step, **{k: round(float(v.detach()), 5) for k, v in losses.items()}})
+        step += 1
+        if step % cfg.checkpoint_every == 0:
+            _save_checkpoint(ckpt, model, opt, step, minutes())
+        return float(losses["loss"].detach())
+
+    model.train()
+    plan: BudgetPlan | None = None
+    batch_size = cfg.batch_size
+    if cfg.max_minutes is not None and step < cfg.steps:
+        def timed_step(b: int) -> float:
+            t = time.monotonic()
+            one_step(b)
+            return time.monotonic() - t
+
+        plan = plan_budget(cfg.max_minutes, minutes_before + (t0 - t_fit) / 60, _reserve_minutes(model, train, val, cfg),
+                           cfg.batch_size, cfg.budget_min_steps, cfg.size_px, timed_step)
+        batch_size, train_budget = plan.batch_size, minutes_before + plan.train_min
+        if progress:
+            print(plan.summary())
+    total = min(cfg.steps, step + plan.steps_planned) if plan else cfg.steps
+    bar = tqdm(desc=f"train {cfg.model}", disable=not progress, initial=step, total=total)
+    while step < cfg.steps:
+        if train_budget is not None and minutes() > train_budget:
+            bar.write(f"time budget reached at step {step} (batch {batch_size})")
             break
-    steps_done = step + 1
+        loss = one_step(batch_size)
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=round(loss, 5))
+    bar.close()
+    steps_done = step
     train_minutes = minutes()
     _save_checkpoint(ckpt, model, opt, steps_done, train_minutes)
+    t_calibrate = time.monotonic()
     model.to("cpu", memory_format=torch.contiguous_format).eval()
     model.equalize_channels(train)
     good_raw = model.calibrate(val)
@@ -139,6 +165,7 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
         "val_scores": [round(float(s), 6) for s in val_scores],
         "threshold_basis": threshold_basis(len(val_scores), cfg.false_alarm_rate),
         "fusion": fusion,
+        "budget": _finish_plan(plan, t_fit, t_calibrate),
         "history": history,
     }
     state = RunState(model, cfg, threshold, data.fingerprint(), meta)
@@ -149,14 +176,53 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
 MIN_SELECTION_IMAGES = 8  # fewer held-out good images than this: the recipe's fusion is kept as it is
 
 
+def _fusion_skipped(model: AnomalyModel, val: torch.Tensor, cfg: FitConfig) -> str | None:
+    """Why no fusion is chosen on the selection set for this run, or None when one is."""
+    if not cfg.select_fusion:
+        return "select_fusion is off: the recipe's fusion is used"
+    if len(model.fusion_options()) < 2:
+        return "the model offers one fusion"
+    if len(val) < MIN_SELECTION_IMAGES:
+        return f"{len(val)} held-out good images (a choice needs {MIN_SELECTION_IMAGES})"
+    return None
+
+
 def _choose_fusion(model: AnomalyModel, val: torch.Tensor, good_raw: list[Any], cfg: FitConfig) -> dict[str, Any]:
     """The fusion of maps chosen on the label-free selection set (training.selection), or why none was."""
     from training.selection import choose_fusion
 
-    if not cfg.select_fusion:
-        return {"skipped": "select_fusion is off: the recipe's fusion is used"}
-    if len(model.fusion_options()) < 2:
-        return {"skipped": "the model offers one fusion"}
-    if len(val) < MIN_SELECTION_IMAGES:
-        return {"skipped": f"{len(val)} held-out good images (a choice needs {MIN_SELECTION_IMAGES})"}
+    skipped = _fusion_skipped(model, val, cfg)
+    if skipped:
+        return {"skipped": skipped}
     return choose_fusion(model, val, good_raw, cfg.seed)
+
+
+@torch.no_grad()
+def _reserve_minutes(model: AnomalyModel, train: torch.Tensor, val: torch.Tensor, cfg: FitConfig) -> float:
+    """Estimated minutes of what follows the loop: forward passes over the held-out images (calibration, the
+    threshold, and the selection set's defect copies when a fusion is chosen) and one over the training images
+    (channel equalisation), timed on a few held-out images with the model as it is now."""
+    from training.selection import STRENGTHS
+
+    if len(val) == 0:
+        return 0.0
+    passes = 2 + ((len(STRENGTHS) + 1) if _fusion_skipped(model, val, cfg) is None else 0)
+    probe = val[: min(len(val), 4)].to(next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    model.raw(probe)  # the first pass pays kernel set-up
+    t = time.monotonic()
+    model.raw(probe)
+    per_image = (time.monotonic() - t) / len(probe)
+    model.train(was_training)
+    return per_image * (passes * len(val) + len(train)) / 60
+
+
+def _finish_plan(plan: BudgetPlan | None, t_fit: float, t_calibrate: float) -> dict[str, Any] | None:
+    """The budget plan with what the calibration and the whole fit took, for train.json and report.json."""
+    if plan is None:
+        return None
+    now = time.monotonic()
+    plan.after_train_min = round((now - t_calibrate) / 60, 3)
+    plan.total_min = round((now - t_fit) / 60, 3)
+    return plan.to_json()

@@ -100,6 +100,7 @@ def write_report(state: RunState, data: Dataset, out: Path, run: Path) -> dict[s
               "false_alarm_rate_target": state.config.false_alarm_rate,
               "threshold_basis": run_threshold_basis(state),
               "train_minutes": state.meta.get("train_minutes"), "steps_done": state.meta.get("steps_done"),
+              "budget": state.meta.get("budget"),
               "recipe": state.config.recipe, "recipe_choice": state.config.recipe_choice,
               "fusion": state.meta.get("fusion")}
     out.mkdir(parents=True, exist_ok=True)

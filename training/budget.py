@@ -1,0 +1,107 @@
+"""What `--max-minutes N` buys: the whole fit (images, teacher features, optimisation, calibration, fusion
+choice, threshold) inside N minutes, the batch chosen by step times measured on this machine, and what was
+traded written into train.json and report.json.
+
+The plan is made after the teacher features are cached (that time is already spent and known) and before the
+loop. The optimiser gets what is left after an estimate of the passes over held-out images that follow it. If
+that buys fewer than `budget_min_steps` at the recipe's batch, the batch is halved (down to BATCH_FLOOR) while
+the measured step time says the smaller batch buys more steps: EfficientAD's paper trains at batch 1, and a
+trained branch that took 42 steps did not beat the training-free maps (issue 15), while 108-112 steps reached
+the objects targets."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+__all__ = ["BATCH_FLOOR", "BudgetPlan", "plan_budget"]
+
+BATCH_FLOOR = 2  # batch norm in AST/FCL's trained parts needs two images; EfficientAD's PDNs have none
+MIN_GAIN = 0.9  # a halved batch is taken only if its measured step is at least 10 % shorter (timing noise)
+PROBE_STEPS = 2  # real training steps per batch size tried; the first pays kernel set-up, the second is timed
+
+
+@dataclass
+class BudgetPlan:
+    """How a --max-minutes budget was spent, planned before the loop (estimates) and filled in after it."""
+
+    max_minutes: float
+    before_train_min: float  # spent before the first step: config, images, teacher features
+    reserve_min: float  # estimated for what follows the last step (calibration, fusion choice, threshold)
+    train_min: float  # left for the optimiser
+    batch_size: int
+    recipe_batch_size: int
+    step_s: float  # measured at batch_size
+    steps_planned: int
+    min_steps: int
+    probes: list[dict[str, float]] = field(default_factory=list)  # batch -> seconds per step, as measured
+    traded: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    short: str | None = None  # why the budget could not buy min_steps, and what would
+    after_train_min: float | None = None  # measured once the fit ends
+    total_min: float | None = None
+
+    def summary(self) -> str:
+        """One line for the console."""
+        line = (f"budget {self.max_minutes:g} min: {self.before_train_min:.1f} min images + teacher features, "
+                f"~{self.reserve_min:.1f} min calibration, {self.train_min:.1f} min for ~{self.steps_planned} steps "
+                f"at batch {self.batch_size} ({self.step_s:.2f} s/step)")
+        if self.traded:
+            line += "; traded: " + "; ".join(self.traded)
+        return line + (f"\n{self.short}" if self.short else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_budget(max_minutes: float, spent_min: float, reserve_min: float, batch_size: int, min_steps: int,
+                size_px: int, time_step: Callable[[int], float]) -> BudgetPlan:
+    """Choose the batch that buys at least `min_steps` in what is left of `max_minutes`.
+
+    Args:
+        spent_min: minutes already spent (before the loop; with --resume, the earlier training too).
+        reserve_min: estimated minutes needed after the loop.
+        time_step: runs one real training step at a batch size and returns its seconds (the steps count).
+    """
+    t0 = time.monotonic()
+    probes: dict[int, float] = {}
+
+    def probe(b: int) -> float:
+        for _ in range(PROBE_STEPS):
+            s = time_step(b)
+        probes[b] = s
+        return s
+
+    def left_min() -> float:
+        return max_minutes - spent_min - reserve_min - (time.monotonic() - t0) / 60
+
+    def reachable(b: int) -> int:
+        return int(max(left_min(), 0.0) * 60 / probes[b])
+
+    chosen = batch_size
+    probe(chosen)
+    traded: list[str] = []
+    while reachable(chosen) < min_steps and chosen > BATCH_FLOOR:
+        smaller = max(BATCH_FLOOR, chosen // 2)
+        probe(smaller)
+        if probes[smaller] > MIN_GAIN * probes[chosen]:
+            break  # per-step overhead dominates here: a smaller batch buys (almost) no more steps
+        traded.append(f"batch {chosen} -> {smaller}: ~{reachable(chosen)} -> ~{reachable(smaller)} steps "
+                      f"({probes[chosen]:.2f} -> {probes[smaller]:.2f} s/step measured)")
+        chosen = smaller
+    steps = reachable(chosen)
+    short = None
+    if steps < min_steps:
+        need = spent_min + reserve_min + (time.monotonic() - t0) / 60 + min_steps * probes[chosen] / 60
+        short = (f"--max-minutes {max_minutes:g} buys ~{steps} training steps, fewer than the {min_steps} the trained "
+                 f"branches need to add to the training-free maps: give it about {need:.0f} minutes, or expect "
+                 "the Gaussian and global maps to carry the model")
+    kept = [f"resolution {size_px} px: the threshold, the exported graph and the device latency are set for it "
+            "(--size chooses it)",
+            "every branch of the recipe trains: dropping one changes what the model can see, not only its speed"]
+    return BudgetPlan(max_minutes=max_minutes, before_train_min=round(spent_min, 3), reserve_min=round(reserve_min, 3),
+                      train_min=round(max(max_minutes - spent_min - reserve_min, 0.0), 3), batch_size=chosen,
+                      recipe_batch_size=batch_size, step_s=round(probes[chosen], 3), steps_planned=steps,
+                      min_steps=min_steps, probes=[{"batch": b, "step_s": round(s, 3)} for b, s in probes.items()],
+                      traded=traded, kept=kept, short=short)
