@@ -43,6 +43,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fcl-local": ("fcl-local", {}),
 }
 
+NO_TRADE = "recipe:auto no-trade"
+
 
 def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: int, batch: int, seed: int) -> dict[str, Any]:
     from training.config import FitConfig, load_fit_config
@@ -50,8 +52,11 @@ def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: 
     from training.errors import TrainingError
     from training.pipeline import train_run
 
-    if name == "recipe:auto":  # the default command: `edge-train fit --data D --max-minutes M`, nothing else set
-        cfg = load_fit_config(None, {"max_minutes": minutes, "seed": seed, "checkpoint_every": 10_000}, data=data)
+    if name.startswith("recipe:auto"):  # the default command: `edge-train fit --data D --max-minutes M`
+        # "no-trade": the same with the batch kept whatever the budget buys (what the plan's batch trade is worth)
+        extra = {"budget_min_steps": 1} if name == NO_TRADE else {}
+        cfg = load_fit_config(None, {"max_minutes": minutes, "seed": seed, "checkpoint_every": 10_000, **extra},
+                              data=data)
         size = cfg.size_px
     elif name.startswith("recipe:"):
         cfg = load_fit_config(None, {"recipe": name.split(":", 1)[1], "steps": steps, "max_minutes": minutes,
@@ -76,6 +81,8 @@ def run_one(name: str, data: Path, out: Path, size: int, minutes: float, steps: 
            "pixel_auroc": rep.get("pixel_auroc"), "aupro": rep.get("aupro_0.3"),
            **{f"aupro_{k}": v for k, v in rep.get("aupro_by_kind", {}).items()},
            "train_min": state.meta["train_minutes"], "steps": state.meta["steps_done"],
+           "batch": (state.meta.get("budget") or {}).get("batch_size", cfg.batch_size),
+           "fit_min": (state.meta.get("budget") or {}).get("total_min"),
            "params_M": round(trainable / 1e6, 2), "gmac": round(conv_gmac(m, size), 2),
            "wall_min": round((time.monotonic() - t0) / 60, 1)}
     print(row, flush=True)
@@ -87,7 +94,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))
     from training.recipes import AUTO, recipe_names
 
-    recipes = [f"recipe:{r}" for r in [AUTO, *recipe_names()]]
+    recipes = [f"recipe:{r}" for r in [AUTO, *recipe_names()]] + [NO_TRADE]
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS) + recipes, choices=list(VARIANTS) + recipes)
     ap.add_argument("--datasets", nargs="*", default=["synthetic", "elpv-mono", "elpv-poly"])
     ap.add_argument("--minutes", type=float, default=60.0, help="training budget per model")
@@ -112,7 +119,7 @@ def main() -> int:
                                 a.steps, a.batch, a.seed))
             save(a.out / "accuracy.json", {"machine": machine(), "args": {k: str(v) for k, v in vars(a).items()}, "rows": rows})
     cols = ["variant", "data", "recipe", "image_auroc", "logical", "structural", "pixel_auroc", "aupro", "aupro_structural",
-            "aupro_logical", "train_min", "steps", "params_M", "gmac"]
+            "aupro_logical", "train_min", "steps", "batch", "fit_min", "params_M", "gmac"]
     print(table(rows, cols))
     return 0
 
