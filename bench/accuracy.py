@@ -94,8 +94,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))
     from training.recipes import AUTO, recipe_names
 
-    recipes = [f"recipe:{r}" for r in [AUTO, *recipe_names()]] + [NO_TRADE]
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS) + recipes, choices=list(VARIANTS) + recipes)
+    recipes = [f"recipe:{r}" for r in [AUTO, *recipe_names()]]
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS) + recipes, choices=list(VARIANTS) + recipes + [NO_TRADE])
     ap.add_argument("--datasets", nargs="*", default=["synthetic", "elpv-mono", "elpv-poly"])
     ap.add_argument("--minutes", type=float, default=60.0, help="training budget per model")
     ap.add_argument("--steps", type=int, default=100_000)

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-__all__ = ["BATCH_FLOOR", "BudgetPlan", "plan_budget"]
+__all__ = ["BATCH_FLOOR", "BudgetPlan", "plan_budget", "train_minutes"]
 
 BATCH_FLOOR = 2  # batch norm in AST/FCL's trained parts needs two images; EfficientAD's PDNs have none
 MIN_GAIN = 0.9  # a halved batch is taken only if its measured step is at least 10 % shorter (timing noise)
@@ -32,7 +32,7 @@ class BudgetPlan:
     train_min: float  # left for the optimiser
     batch_size: int
     recipe_batch_size: int
-    step_s: float  # measured at batch_size
+    step_s: float | None  # measured at batch_size (None: no time was left to measure a step)
     steps_planned: int
     min_steps: int
     probes: list[dict[str, float]] = field(default_factory=list)  # batch -> seconds per step, as measured
@@ -46,7 +46,7 @@ class BudgetPlan:
         """One line for the console."""
         line = (f"budget {self.max_minutes:g} min: {self.before_train_min:.1f} min images + teacher features, "
                 f"~{self.reserve_min:.1f} min calibration, {self.train_min:.1f} min for ~{self.steps_planned} steps "
-                f"at batch {self.batch_size} ({self.step_s:.2f} s/step)")
+                f"at batch {self.batch_size}" + (f" ({self.step_s:.2f} s/step)" if self.step_s else ""))
         if self.traded:
             line += "; traded: " + "; ".join(self.traded)
         return line + (f"\n{self.short}" if self.short else "")
@@ -55,53 +55,74 @@ class BudgetPlan:
         return asdict(self)
 
 
+def train_minutes(max_minutes: float, spent_min: float, reserve_min: float) -> float:
+    """Minutes of a budget left for the optimiser (the probe steps included)."""
+    return max(max_minutes - spent_min - reserve_min, 0.0)
+
+
 def plan_budget(max_minutes: float, spent_min: float, reserve_min: float, batch_size: int, min_steps: int,
-                size_px: int, time_step: Callable[[int], float]) -> BudgetPlan:
+                steps_left: int, size_px: int, time_step: Callable[[int], float]) -> BudgetPlan:
     """Choose the batch that buys at least `min_steps` in what is left of `max_minutes`.
 
     Args:
         spent_min: minutes already spent (before the loop; with --resume, the earlier training too).
         reserve_min: estimated minutes needed after the loop.
+        batch_size: the recipe's batch (at most the number of training images: that is what a step uses).
+        steps_left: optimiser steps the config still allows; probes never take more, nor more time than is left.
         time_step: runs one real training step at a batch size and returns its seconds (the steps count).
     """
-    t0 = time.monotonic()
+    t0 = time.perf_counter()
     probes: dict[int, float] = {}
-
-    def probe(b: int) -> float:
-        for _ in range(PROBE_STEPS):
-            s = time_step(b)
-        probes[b] = s
-        return s
+    used = 0
+    min_steps = min(min_steps, steps_left)
 
     def left_min() -> float:
-        return max_minutes - spent_min - reserve_min - (time.monotonic() - t0) / 60
+        return train_minutes(max_minutes, spent_min, reserve_min) - (time.perf_counter() - t0) / 60
+
+    def probe(b: int) -> bool:
+        """Time PROBE_STEPS real steps at batch b, if the steps and the minutes left allow them."""
+        nonlocal used
+        guess = probes.get(batch_size, 0.0) * b / batch_size  # a step's cost scales at most with its batch
+        if used + PROBE_STEPS > steps_left or left_min() * 60 <= PROBE_STEPS * guess:
+            return False
+        for _ in range(PROBE_STEPS):
+            s = time_step(b)
+        used += PROBE_STEPS
+        probes[b] = max(s, 1e-6)
+        return True
 
     def reachable(b: int) -> int:
-        return int(max(left_min(), 0.0) * 60 / probes[b])
+        return min(int(max(left_min(), 0.0) * 60 / probes[b]), steps_left - used)
 
     chosen = batch_size
-    probe(chosen)
     traded: list[str] = []
-    while reachable(chosen) < min_steps and chosen > BATCH_FLOOR:
-        smaller = max(BATCH_FLOOR, chosen // 2)
-        probe(smaller)
-        if probes[smaller] > MIN_GAIN * probes[chosen]:
-            break  # per-step overhead dominates here: a smaller batch buys (almost) no more steps
-        traded.append(f"batch {chosen} -> {smaller}: ~{reachable(chosen)} -> ~{reachable(smaller)} steps "
-                      f"({probes[chosen]:.2f} -> {probes[smaller]:.2f} s/step measured)")
-        chosen = smaller
-    steps = reachable(chosen)
+    if probe(chosen):
+        while reachable(chosen) < min_steps and chosen > BATCH_FLOOR:
+            smaller = max(BATCH_FLOOR, chosen // 2)
+            if not probe(smaller):
+                break
+            if probes[smaller] > MIN_GAIN * probes[chosen]:
+                break  # per-step overhead dominates here: a smaller batch buys (almost) no more steps
+            traded.append(f"batch {chosen} -> {smaller}: ~{reachable(chosen)} -> ~{reachable(smaller)} steps "
+                          f"({probes[chosen]:.2f} -> {probes[smaller]:.2f} s/step measured)")
+            chosen = smaller
+        steps = used + reachable(chosen)
+    else:
+        steps = used  # no time (or no steps) left to measure one: the loop takes its single step
     short = None
     if steps < min_steps:
-        need = spent_min + reserve_min + (time.monotonic() - t0) / 60 + min_steps * probes[chosen] / 60
+        per_step = probes.get(chosen)
+        need = (f"give it about {spent_min + reserve_min + min_steps * per_step / 60:.0f} minutes"
+                if per_step else "give it more minutes")
         short = (f"--max-minutes {max_minutes:g} buys ~{steps} training steps, fewer than the {min_steps} the trained "
-                 f"branches need to add to the training-free maps: give it about {need:.0f} minutes, or expect "
-                 "the Gaussian and global maps to carry the model")
+                 f"branches need to add to the training-free maps: {need}, or expect the Gaussian and global maps "
+                 "to carry the model")
     kept = [f"resolution {size_px} px: the threshold, the exported graph and the device latency are set for it "
             "(--size chooses it)",
             "every branch of the recipe trains: dropping one changes what the model can see, not only its speed"]
     return BudgetPlan(max_minutes=max_minutes, before_train_min=round(spent_min, 3), reserve_min=round(reserve_min, 3),
-                      train_min=round(max(max_minutes - spent_min - reserve_min, 0.0), 3), batch_size=chosen,
-                      recipe_batch_size=batch_size, step_s=round(probes[chosen], 3), steps_planned=steps,
-                      min_steps=min_steps, probes=[{"batch": b, "step_s": round(s, 3)} for b, s in probes.items()],
+                      train_min=round(train_minutes(max_minutes, spent_min, reserve_min), 3), batch_size=chosen,
+                      recipe_batch_size=batch_size, step_s=round(probes[chosen], 3) if chosen in probes else None,
+                      steps_planned=steps, min_steps=min_steps,
+                      probes=[{"batch": b, "step_s": round(s, 3)} for b, s in probes.items()],
                       traded=traded, kept=kept, short=short)

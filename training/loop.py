@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from training import __version__
-from training.budget import BudgetPlan, plan_budget
+from training.budget import BudgetPlan, plan_budget, train_minutes
 from training.config import FitConfig
 from training.data import Dataset
 from training.inference import load_images, score_images
@@ -65,6 +65,8 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     train = load_images(data.train, cfg.size_px)
     val = load_images(data.val, cfg.size_px)
     model.prepare(train, progress=progress)
+    # timed as calibration will run (CPU, fp32, contiguous), before the model moves to the training device
+    reserve = _reserve_minutes(model, train, val, cfg) if cfg.max_minutes is not None else 0.0
     model.to(device)
     precision = training_precision(cfg, model, device)
     # bf16 convolutions pay only in channels-last layout (oneDNN); fp32 ones gain nothing from it (measured)
@@ -99,8 +101,8 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
             share = max(share, minutes() / max(train_budget, 1e-9))
         return min(share, 1.0)
 
-    def one_step(batch_size: int) -> float:
-        """One optimiser step at batch_size; returns its loss."""
+    def one_step(batch_size: int) -> None:
+        """One optimiser step at batch_size."""
         nonlocal step
         for g in opt.param_groups:
             g["lr"] = cfg.lr * (0.1 if done_share() >= cfg.lr_drop_at else 1.0)
@@ -116,36 +118,38 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
         step += 1
         if step % cfg.checkpoint_every == 0:
             _save_checkpoint(ckpt, model, opt, step, minutes())
-        return float(losses["loss"].detach())
 
     model.train()
     plan: BudgetPlan | None = None
     batch_size = cfg.batch_size
     if cfg.max_minutes is not None and step < cfg.steps:
         def timed_step(b: int) -> float:
-            t = time.monotonic()
+            t = time.perf_counter()
             one_step(b)
-            return time.monotonic() - t
+            return time.perf_counter() - t
 
-        plan = plan_budget(cfg.max_minutes, minutes_before + (t0 - t_fit) / 60, _reserve_minutes(model, train, val, cfg),
-                           cfg.batch_size, cfg.budget_min_steps, cfg.size_px, timed_step)
-        batch_size, train_budget = plan.batch_size, minutes_before + plan.train_min
+        spent = minutes_before + (t0 - t_fit) / 60
+        # set before the probe steps, so their lr and a family's phase follow the budget like every other step
+        train_budget = minutes_before + train_minutes(cfg.max_minutes, spent, reserve)
+        plan = plan_budget(cfg.max_minutes, spent, reserve, min(cfg.batch_size, len(train)), cfg.budget_min_steps,
+                           cfg.steps - step, cfg.size_px, timed_step)
+        batch_size = plan.batch_size
         if progress:
             print(plan.summary())
     total = min(cfg.steps, step + plan.steps_planned) if plan else cfg.steps
     bar = tqdm(desc=f"train {cfg.model}", disable=not progress, initial=step, total=total)
     while step < cfg.steps:
-        if train_budget is not None and minutes() > train_budget:
+        if train_budget is not None and minutes() > train_budget and step > start:
             bar.write(f"time budget reached at step {step} (batch {batch_size})")
             break
-        loss = one_step(batch_size)
+        one_step(batch_size)
         bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=round(loss, 5))
+        if step % 10 == 1 and history:
+            bar.set_postfix(loss=history[-1]["loss"])
     bar.close()
     steps_done = step
-    train_minutes = minutes()
-    _save_checkpoint(ckpt, model, opt, steps_done, train_minutes)
+    trained_minutes = minutes()
+    _save_checkpoint(ckpt, model, opt, steps_done, trained_minutes)
     t_calibrate = time.monotonic()
     model.to("cpu", memory_format=torch.contiguous_format).eval()
     model.equalize_channels(train)
@@ -156,7 +160,7 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     meta = {
         "lineside_version": __version__,
         "steps_done": steps_done,
-        "train_minutes": round(train_minutes, 2),
+        "train_minutes": round(trained_minutes, 2),
         "precision": precision,
         "n_train": len(data.train),
         "n_val": len(data.val),
@@ -201,21 +205,24 @@ def _choose_fusion(model: AnomalyModel, val: torch.Tensor, good_raw: list[Any], 
 def _reserve_minutes(model: AnomalyModel, train: torch.Tensor, val: torch.Tensor, cfg: FitConfig) -> float:
     """Estimated minutes of what follows the loop: forward passes over the held-out images (calibration, the
     threshold, and the selection set's defect copies when a fusion is chosen) and one over the training images
-    (channel equalisation), timed on a few held-out images with the model as it is now."""
+    (channel equalisation). Timed on a few held-out images with the prepared model on the CPU in fp32, as those
+    passes run; the faster of two timed passes, after one that pays kernel set-up."""
     from training.selection import STRENGTHS
 
     if len(val) == 0:
         return 0.0
     passes = 2 + ((len(STRENGTHS) + 1) if _fusion_skipped(model, val, cfg) is None else 0)
-    probe = val[: min(len(val), 4)].to(next(model.parameters()).device)
+    probe = val[: min(len(val), 4)]
     was_training = model.training
     model.eval()
-    model.raw(probe)  # the first pass pays kernel set-up
-    t = time.monotonic()
     model.raw(probe)
-    per_image = (time.monotonic() - t) / len(probe)
+    times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        model.raw(probe)
+        times.append(time.perf_counter() - t)
     model.train(was_training)
-    return per_image * (passes * len(val) + len(train)) / 60
+    return min(times) / len(probe) * (passes * len(val) + len(train)) / 60
 
 
 def _finish_plan(plan: BudgetPlan | None, t_fit: float, t_calibrate: float) -> dict[str, Any] | None:

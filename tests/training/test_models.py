@@ -260,7 +260,7 @@ def test_time_budget_sets_the_schedule_so_ast_trains_its_student(tmp_path, tiny_
     from training.loop import fit
 
     cfg = FitConfig(model="ast-tiny", params={"pretrained_backbone": False}, size_px=64, steps=1_000_000,
-                    batch_size=2, max_minutes=0.1, lr_drop_at=0.9)
+                    batch_size=2, max_minutes=0.3, lr_drop_at=0.9)
     state = fit(cfg, open_dataset(tiny_data), tmp_path, progress=False)
     hist = json.loads((tmp_path / "train.json").read_text())["history"]
     assert "flow_nll" in hist[0] and "student" not in hist[0]  # the teacher first
