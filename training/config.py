@@ -36,8 +36,8 @@ class FitConfig(BaseModel):
     max_minutes: float | None = Field(
         None, gt=0, description="budget of the whole fit in minutes (images, teacher features, training, calibration): "
         "the schedule picks the batch by measured step times and fits the lr drop into it (training.budget)")
-    budget_min_steps: int = Field(100, ge=1, description="optimiser steps a --max-minutes budget should buy; "
-                                  "below it the batch is halved while that buys more steps")
+    budget_min_steps: int = Field(30, ge=1, description="optimiser steps a --max-minutes budget should buy; "
+                                  "below it the batch is halved while that buys more steps (training.budget)")
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     device: str = Field("auto", description="cpu, cuda or auto")

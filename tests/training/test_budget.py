@@ -86,7 +86,7 @@ def test_fit_records_its_plan_and_stops_at_its_deadline(tmp_path, tiny_data):
     state = _fit(tmp_path, tiny_data, steps=100_000, batch_size=8, max_minutes=0.5, budget_min_steps=1_000_000)
     budget = json.loads((tmp_path / "train.json").read_text())["budget"]
     assert budget["probes"][0]["batch"] == 8 and budget["batch_size"] in [p["batch"] for p in budget["probes"]]
-    assert budget["short"] and "fewer than the 100000" in budget["short"]  # an unreachable step count is said, not hidden
+    assert budget["short"] and "fewer than budget_min_steps (100000)" in budget["short"]  # an unreachable step count is said, not hidden
     # the whole fit was planned: what was spent before, what is kept for after, the rest for training
     assert budget["train_min"] == pytest.approx(0.5 - budget["before_train_min"] - budget["reserve_min"], abs=2e-3)
     assert state.meta["train_minutes"] >= budget["train_min"] - 0.01  # (train.json rounds to 0.01 min)
