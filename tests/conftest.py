@@ -57,6 +57,11 @@ class Mosquitto:
             self.proc.wait(5)
             self.proc = None
 
+    def close(self) -> None:
+        """Stop for good and remove the config (and any persistence db) folder."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
 
 @pytest.fixture()
 def broker():
@@ -65,7 +70,7 @@ def broker():
     b = Mosquitto()
     b.start()
     yield b
-    b.stop()
+    b.close()
 
 
 @pytest.fixture(scope="session")

@@ -81,7 +81,7 @@ def _clear_run(out: Path) -> list[str]:
 def _cmd_fit(a: argparse.Namespace) -> int:
     from training.config import load_fit_config
     from training.data import open_dataset
-    from training.pipeline import run_threshold_basis, train_run
+    from training.pipeline import train_run
 
     params: dict[str, Any] = {}
     if a.teacher:
@@ -115,7 +115,7 @@ def _cmd_fit(a: argparse.Namespace) -> int:
             print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {out}")
     result = train_run(cfg, data, out, resume=a.resume, progress=not a.quiet)
     state, onnx_path, report = result.state, result.onnx_path, result.report
-    basis = run_threshold_basis(state)
+    basis = state.threshold_basis()
     print(f"model: {onnx_path}  threshold: {state.threshold:.4f} (from {basis['n_good_images']} held-out good "
           f"images, target false alarms {cfg.false_alarm_rate:.2%})")
     if basis["warning"]:
@@ -218,11 +218,11 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from training.pipeline import export_run
+    from training.export import export_onnx
     from training.run import load_run
 
     state = load_run(Path(a.run))
-    print(f"wrote {export_run(state, Path(a.run))}")
+    print(f"wrote {export_onnx(state, Path(a.run))}")
     print(_next_deploy(Path(a.run)))
     return 0
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.contract import INPUT_NAME, OUTPUT_NAMES, ModelCard, Normalisation, input_spec, output_spec
+from edge.contract import INPUT_NAME, OUTPUT_NAMES, ModelCard, Normalisation, ThresholdBasis, input_spec, output_spec
 from training import __version__
 from training.errors import ExportError
 from training.run import RunState
@@ -76,6 +76,7 @@ def metadata(state: RunState) -> ModelCard:
         lineside_version=__version__,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         opset=OPSET,
+        threshold_basis=ThresholdBasis(**state.threshold_basis()),
     )
 
 

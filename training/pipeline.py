@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from edge.contract import EdgeError, read_quant_result
 from training import evaluate as evaluation
 from training.config import FitConfig
@@ -20,11 +18,10 @@ from training.data import Dataset
 from training.export import export_onnx
 from training.inference import load_images
 from training.loop import fit
-from training.report import threshold_basis, write_plots
+from training.report import write_plots
 from training.run import RunState
 
-__all__ = ["PARITY_IMAGES", "RunResult", "train_run", "export_run", "write_report", "run_threshold_basis",
-           "bundle_thresholds"]
+__all__ = ["PARITY_IMAGES", "RunResult", "train_run", "write_report", "bundle_thresholds"]
 
 # held-out good images the export's ORT-vs-torch check runs: real images reach the feature ranges a product
 # produces, which noise does not (bench.accuracy once checked parity on noise only)
@@ -50,25 +47,9 @@ def train_run(cfg: FitConfig, data: Dataset, out: Path, *, resume: bool = False,
         evaluate: False leaves out report.json and plots/, for a caller that scores the test set its own way.
     """
     state = fit(cfg, data, out, resume=resume, progress=progress)
-    onnx_path = export_run(state, out, load_images(data.val[:PARITY_IMAGES], cfg.size_px)) if export else None
+    onnx_path = export_onnx(state, out, load_images(data.val[:PARITY_IMAGES], cfg.size_px)) if export else None
     report = write_report(state, data, out, out) if evaluate else None
     return RunResult(state, onnx_path, report)
-
-
-def export_run(state: RunState, out: Path, parity_images: torch.Tensor | None = None) -> Path:
-    """export_onnx into out/, then the threshold basis into model.json beside the threshold it qualifies."""
-    path = export_onnx(state, out, parity_images)
-    card = out / "model.json"
-    meta = json.loads(card.read_text())
-    meta["threshold_basis"] = run_threshold_basis(state)
-    card.write_text(json.dumps(meta, indent=2))
-    return path
-
-
-def run_threshold_basis(state: RunState) -> dict[str, Any]:
-    """The run's threshold basis (runs trained before it was recorded: from their held-out count)."""
-    basis = state.meta.get("threshold_basis")
-    return basis or threshold_basis(int(state.meta.get("n_val", 0)), state.config.false_alarm_rate)
 
 
 def bundle_thresholds(run: Path, state: RunState) -> dict[str, float]:
@@ -98,7 +79,7 @@ def write_report(state: RunState, data: Dataset, out: Path, run: Path) -> dict[s
               "training_data_fingerprint": state.fingerprint, **report,
               "bundle_thresholds": thresholds,
               "false_alarm_rate_target": state.config.false_alarm_rate,
-              "threshold_basis": run_threshold_basis(state),
+              "threshold_basis": state.threshold_basis(),
               "train_minutes": state.meta.get("train_minutes"), "steps_done": state.meta.get("steps_done"),
               "budget": state.meta.get("budget"),
               "recipe": state.config.recipe, "recipe_choice": state.config.recipe_choice,

@@ -26,6 +26,13 @@ class RunState:
     fingerprint: str
     meta: dict[str, Any]
 
+    def threshold_basis(self) -> dict[str, Any]:
+        """How far the threshold can be trusted (runs trained before it was recorded: from their held-out count)."""
+        from training.report import threshold_basis
+
+        basis = self.meta.get("threshold_basis")
+        return basis or threshold_basis(int(self.meta.get("n_val", 0)), self.config.false_alarm_rate)
+
 
 def save_run(out: Path, state: RunState) -> None:
     """Write out/model.pt (weights, config, threshold, provenance) and out/train.json (provenance alone)."""

@@ -4,7 +4,9 @@ and deploy (model.json, quant.json, manifest.json). training/, quantize/ and dep
 the errors the contract raises; edge/ reads the same definitions."""
 
 from edge.contract.document import field_problem, read_document
-from edge.contract.handoff import MODEL_CARD_SCHEMA, ModelCard, Normalisation, read_model_card, sha256_file
+from edge.contract.handoff import (
+    MODEL_CARD_SCHEMA, ModelCard, Normalisation, ThresholdBasis, read_model_card, sha256_file,
+)
 from edge.contract.io import (
     CONTRACT_VERSION, INPUT_NAME, OUTPUT_NAMES, OutputAffine, Prediction, input_spec, output_spec,
 )
@@ -16,7 +18,7 @@ from edge.contract.preprocess import (
     MAX_PIXELS_DEFAULT, decode_frame, decode_image, load_image, load_input, resize_rgb, to_input,
 )
 from edge.contract.quant import (
-    QUANT_SCHEMA, MixedPrecision, QuantCalibration, QuantGate, QuantResult, QuantSource, ThresholdBasis,
+    QUANT_SCHEMA, MixedPrecision, QuantCalibration, QuantGate, QuantResult, QuantSource,
     read_quant_result,
 )
 from edge.errors import BundleError, EdgeError, FrameError  # what the contract's readers raise

@@ -15,7 +15,7 @@ from edge.contract.document import field_problem, read_document
 from edge.contract.io import CONTRACT_VERSION
 from edge.errors import EdgeError
 
-__all__ = ["ModelCard", "Normalisation", "read_model_card", "MODEL_CARD_SCHEMA", "validate_handoff",
+__all__ = ["ModelCard", "Normalisation", "ThresholdBasis", "read_model_card", "MODEL_CARD_SCHEMA", "validate_handoff",
            "sha256_file"]
 
 MODEL_CARD_SCHEMA = 1
@@ -66,6 +66,15 @@ class Normalisation(BaseModel):
     score_k: int = Field(1, ge=1, description="map pixels averaged by top pooling (1 otherwise)")
 
 
+class ThresholdBasis(BaseModel):
+    """How much a threshold set on this many good images can say (training.report.threshold_basis)."""
+
+    model_config = ConfigDict(extra="allow")
+    n_good_images: int
+    false_alarm_rate_target: float
+    warning: str | None = None
+
+
 class ModelCard(BaseModel):
     """model.json: what a trained, exported run is."""
 
@@ -86,6 +95,7 @@ class ModelCard(BaseModel):
     opset: int
     input: dict[str, Any]
     outputs: dict[str, Any]
+    threshold_basis: ThresholdBasis | None = None  # None: exported before it was recorded
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.model_dump(), indent=2))

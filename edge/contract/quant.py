@@ -12,12 +12,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.contract.document import read_document
-from edge.contract.handoff import validate_handoff
+from edge.contract.handoff import ThresholdBasis, validate_handoff
 from edge.contract.io import OutputAffine
 from edge.errors import EdgeError
 
 __all__ = ["QUANT_SCHEMA", "QuantResult", "QuantSource", "QuantGate", "QuantCalibration", "MixedPrecision",
-           "ThresholdBasis", "read_quant_result"]
+           "read_quant_result"]
 
 QUANT_SCHEMA = 1  # files written before it was recorded read as 1
 
@@ -56,15 +56,6 @@ class MixedPrecision(BaseModel):
     model_config = ConfigDict(extra="allow")
     chosen: dict[str, Any]
     candidates: list[dict[str, Any]] = Field(default_factory=list)
-
-
-class ThresholdBasis(BaseModel):
-    """How much a threshold set on this many good images can say (training.report.threshold_basis)."""
-
-    model_config = ConfigDict(extra="allow")
-    n_good_images: int
-    false_alarm_rate_target: float
-    warning: str | None = None
 
 
 class QuantResult(BaseModel):

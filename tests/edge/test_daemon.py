@@ -86,7 +86,7 @@ def test_broker_outage_loses_nothing(bundle, tiny_data, tmp_path):
     finally:
         sub.close()
         stop_daemon(p)
-        broker.stop()
+        broker.close()
     frames = [Path(v["frame"]).name for v in sub.verdicts]
     expected = [f"{i:05d}.png" for i in range(10, 25)]
     first_seen = list(dict.fromkeys(frames))

@@ -256,7 +256,7 @@ def test_verdicts_the_broker_refuses_are_kept_counted_and_reported(signed, tiny_
     finally:
         sub.close()
         out = stop_daemon(p)
-        b.stop()
+        b.close()
     assert len({v["id"] for v in sub.verdicts}) == 3, out[-2000:]
     assert "broker refused verdict" in out
 

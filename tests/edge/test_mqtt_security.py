@@ -73,7 +73,7 @@ def test_tls_client_certificates(pki, bundle, tmp_path):
         assert True not in accepted
         assert any(s.get("state") == "online" for s in status)  # while the certified daemon got in
     finally:
-        b.stop()
+        b.close()
 
 
 def test_password_auth_refuses_anonymous(tmp_path):
@@ -95,7 +95,7 @@ def test_password_auth_refuses_anonymous(tmp_path):
             c.loop_stop()
         assert results == {"anonymous": True, "plant": False}
     finally:
-        b.stop()
+        b.close()
 
 
 def test_mqtt_trigger_answers_with_correlation_id(broker, bundle, tiny_data, tmp_path):

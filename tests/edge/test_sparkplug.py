@@ -260,7 +260,7 @@ def test_failover_and_an_offline_sparkplug_broker_never_block_json(bundle, tiny_
         if p is not None:
             stop_daemon(p)
         for x in (a, b, spb):
-            x.stop()
+            x.close()
     _check_session(msgs)
     assert sum(1 for m in msgs if _kind(m) == "DDATA") == 6
 

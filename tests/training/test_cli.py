@@ -39,6 +39,9 @@ def test_fit_resume_and_report(tmp_path, tiny_data):
     meta = json.loads((out / "model.json").read_text())
     assert meta["params"]["map_weights"] == [1.0, 0.0, 2.0]
     assert meta["threshold_basis"]["n_good_images"] == 6 and meta["threshold_basis"]["good_images_needed"] == 200
+    from edge.contract import read_model_card
+
+    assert read_model_card(out).threshold_basis.warning  # a typed field of the card, written by the export itself
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["image_auroc_by_kind"]) == {"logical", "structural"}
     assert rep["recipe"] == "objects" and rep["recipe_choice"]["chosen"] == "objects"
