@@ -210,11 +210,11 @@ def _reserve_minutes(model: AnomalyModel, train: torch.Tensor, val: torch.Tensor
     threshold, and the selection set's defect copies when a fusion is chosen) and one over the training images
     (channel equalisation). Timed on a few held-out images with the prepared model on the CPU in fp32, as those
     passes run; the faster of two timed passes, after one that pays kernel set-up."""
-    from training.selection import STRENGTHS
+    from training.selection import COPIES_PER_GOOD
 
     if len(val) == 0:
         return 0.0
-    passes = 2 + ((len(STRENGTHS) + 1) if _fusion_skipped(model, val, cfg) is None else 0)
+    passes = 2 + (COPIES_PER_GOOD if _fusion_skipped(model, val, cfg) is None else 0)
     probe = val[: min(len(val), 4)]
     was_training = model.training
     model.eval()

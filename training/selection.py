@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["STRENGTHS", "choose_fusion", "fusion_scores", "logical_defects", "selection_set", "structural_defects"]
+__all__ = ["COPIES_PER_GOOD", "STRENGTHS", "choose_fusion", "fusion_scores", "logical_defects", "selection_set", "structural_defects"]
 
 # blend strengths of the structural defects: full-strength ones are found by every sensible candidate, so
 # only the faint rungs tell candidates apart
 STRENGTHS = (0.25, 0.5, 1.0)
+COPIES_PER_GOOD = len(STRENGTHS) + 1  # defect copies selection_set makes of each good image: structural ones, a logical one
 
 
 def structural_defects(goods: list[np.ndarray], size: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:

@@ -21,6 +21,9 @@ def test_selection_set_holds_the_goods_then_graded_structural_and_logical_defect
     n = len(goods)
     assert images.shape == (n * (2 + len(STRENGTHS)), 3, 64, 64) and labels.tolist() == [0] * n + [1] * (len(images) - n)
     assert torch.equal(images[:n], goods)
+    from training.selection import COPIES_PER_GOOD
+
+    assert len(images) == n * (1 + COPIES_PER_GOOD)  # what fit's budget counts as passes after training
     # a stronger rung departs further from its good image
     d = [float((images[n * (k + 1) : n * (k + 2)] - goods).abs().sum()) for k in range(len(STRENGTHS))]
     assert d == sorted(d) and d[0] > 0
