@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-__all__ = ["final_convs", "head_nodes"]
+__all__ = ["final_convs", "head_nodes", "input_convs"]
 
 
 def final_convs(path: Path) -> list[str]:
@@ -35,6 +35,24 @@ def final_convs(path: Path) -> list[str]:
         return hit
 
     return [n.name for n in g.node if n.op_type == "Conv" and not reaches_conv(n)]
+
+
+def input_convs(path: Path) -> list[str]:
+    """Conv nodes with no Conv upstream: the first layer of each branch, which reads the image itself."""
+    g = onnx.load(str(path)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    memo: dict[str, bool] = {}
+
+    def after_conv(tensor: str) -> bool:
+        node = producer.get(tensor)
+        if node is None:
+            return False  # a graph input or an initializer
+        if node.name not in memo:
+            memo[node.name] = False  # a cycle cannot occur in ONNX; this only stops re-walking shared paths
+            memo[node.name] = node.op_type == "Conv" or any(after_conv(i) for i in node.input if i)
+        return memo[node.name]
+
+    return [n.name for n in g.node if n.op_type == "Conv" and not after_conv(n.input[0])]
 
 
 def head_nodes(path: Path) -> list[str]:

@@ -33,6 +33,15 @@ def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
     chosen = next(r for r in mp["candidates"] if all(r.get(k) == v for k, v in mp["chosen"].items()))
     ok = [r for r in mp["candidates"] if r["selection_auroc"] >= mp["selection_auroc_fp32"] - 1.0]  # max_drop 1.0
     assert chosen["latency_ms"] == min(r["latency_ms"] for r in ok)  # the fastest that keeps accuracy
+    if runtime == "onnxruntime":  # the branches' first convolutions read the image in float (measured faster)
+        from quantize.graph import input_convs
+
+        g = onnx.load(str(tiny_run / "quantized" / runtime / res.artifact)).graph
+        by_name = {n.name: n for n in g.node}
+        dq_outputs = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+        firsts = input_convs(tiny_run / "model.onnx")
+        assert firsts and all(by_name[f].input[1] not in dq_outputs for f in firsts)
+        assert any(n.op_type == "Conv" and n.input[1] in dq_outputs for n in g.node)  # the rest is INT8
 
 
 def test_selection_takes_the_fastest_candidate_that_keeps_accuracy():
@@ -99,6 +108,16 @@ def test_head_nodes_are_the_top_level_scoring_ops(tiny_run):
     assert head and all(h.count("/") == 2 for h in head)
     assert "Sub" in {ops[h] for h in head}  # the student-teacher difference is in the head
     assert not any("/student/" in h or "/teacher/" in h for h in head)
+
+
+def test_input_convs_are_the_first_layer_of_each_branch(tiny_run):
+    from quantize.graph import final_convs, input_convs
+
+    path = tiny_run / "model.onnx"
+    firsts = input_convs(path)
+    convs = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    assert {f.split("/")[2] for f in firsts} >= {"teacher", "student"}  # one per branch that reads the image
+    assert len(firsts) < len(convs) and not set(firsts) & set(final_convs(path))
 
 
 def test_gate_fails_when_int8_scores_are_scrambled():
