@@ -33,14 +33,17 @@ def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
     chosen = next(r for r in mp["candidates"] if all(r.get(k) == v for k, v in mp["chosen"].items()))
     ok = [r for r in mp["candidates"] if r["selection_auroc"] >= mp["selection_auroc_fp32"] - 1.0]  # max_drop 1.0
     assert chosen["latency_ms"] == min(r["latency_ms"] for r in ok)  # the fastest that keeps accuracy
-    if runtime == "onnxruntime":  # the branches' first convolutions read the image in float (measured faster)
+    if runtime == "onnxruntime":  # the winner's twin with the image-reading convolutions float was measured
         from quantize.graph import input_convs
 
+        twin = {**{k: v for k, v in mp["chosen"].items() if k != "input_convs"}, "input_convs": "float"}
+        assert any(settings(r) == twin for r in mp["candidates"])
         g = onnx.load(str(tiny_run / "quantized" / runtime / res.artifact)).graph
         by_name = {n.name: n for n in g.node}
         dq_outputs = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
         firsts = input_convs(tiny_run / "model.onnx")
-        assert firsts and all(by_name[f].input[1] not in dq_outputs for f in firsts)
+        floated = [by_name[f].input[1] not in dq_outputs for f in firsts]
+        assert firsts and all(floated) == (mp["chosen"].get("input_convs") == "float") and len(set(floated)) == 1
         assert any(n.op_type == "Conv" and n.input[1] in dq_outputs for n in g.node)  # the rest is INT8
 
 
