@@ -135,16 +135,6 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
         search_calib = calib if q.search_images is None else CalibrationReader(calib.inputs[: q.search_images])
         passed: list[int] = []
         skipped = []
-
-        def measure(cand: dict[str, Any]) -> None:
-            art = q.build(fp32, _mk(tmp / f"c{len(arts)}") / q.artifact, search_calib, cand, device, tmp / "shared")
-            q_maps, q_sel, ms = score_timed(q.backend, art, sel_inputs)
-            rows.append({**cand, "selection_auroc": round(auroc(sel_labels, q_sel), 5),
-                         "spearman": round(spearman(f_sel, q_sel), 5),
-                         "mean_abs_map_error": round(float(np.abs(q_maps - f_sel_maps).mean()), 6),
-                         "latency_ms": round(ms, 2)})
-            arts.append(art)
-
         for i, cand in enumerate(cands):
             beaten = next((j for j in passed if q.no_faster(cand, cands[j])), None)
             if beaten is not None:
@@ -154,13 +144,15 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
                 print(f"[2/4] candidate {i + 1}/{len(cands)}: skipped (no faster than {beaten + 1}, which passed)", flush=True)
                 continue
             print(f"[2/4] candidate {i + 1}/{len(cands)}: {_describe(cand)}", flush=True)
-            measure(cand)
+            art = q.build(fp32, _mk(tmp / f"c{i}") / q.artifact, search_calib, cand, device, tmp / "shared")
+            q_maps, q_sel, ms = score_timed(q.backend, art, sel_inputs)
+            rows.append({**cand, "selection_auroc": round(auroc(sel_labels, q_sel), 5),
+                         "spearman": round(spearman(f_sel, q_sel), 5),
+                         "mean_abs_map_error": round(float(np.abs(q_maps - f_sel_maps).mean()), 6),
+                         "latency_ms": round(ms, 2)})
+            arts.append(art)
             if _acceptable(rows[-1], fp32_auroc, max_drop, min_spearman):
                 passed.append(i)
-        pick = _choose(rows, fp32_auroc, max_drop, min_spearman)
-        for cand in q.refinements({k: v for k, v in rows[pick].items() if k not in _MEASURED}):
-            print(f"[2/4] the winner refined: {_describe(cand)}", flush=True)
-            measure(cand)
         pick = _choose(rows, fp32_auroc, max_drop, min_spearman)
         chosen = {k: v for k, v in rows[pick].items() if k not in _MEASURED}
         art = arts[pick]

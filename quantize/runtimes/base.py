@@ -40,11 +40,6 @@ class Quantizer:
         which is rarely faster."""
         return keeps_more_float(cand, other)
 
-    def refinements(self, chosen: dict[str, Any]) -> list[dict[str, Any]]:
-        """Variants of the search's winner measured after it; one replaces it if it keeps accuracy and is
-        faster (the same rule). Default: none."""
-        return []
-
     def build(self, fp32: Path, out: Path, calib: CalibrationReader, cand: dict[str, Any], device: str,
               work: Path) -> Path:
         """One candidate's INT8 artifact at out; `work` holds what the candidates of one search share."""

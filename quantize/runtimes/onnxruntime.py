@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from quantize.calib import CalibrationReader
-from quantize.graph import input_convs
+from quantize.graph import pools_as_convs
 from quantize.runtimes.base import Quantizer, keep_float_sets, register
 
 __all__ = ["METHODS", "SCOPES", "OnnxRuntimeQuantizer", "correct_bias", "quantize_qdq"]
@@ -26,7 +26,8 @@ PERCENTILE_IMAGES = 16  # calibration images of the percentile method
 
 
 def quantize_qdq(fp32: Path, out: Path, reader: CalibrationReader, method: str = "minmax", scope: str = "conv",
-                 exclude: list[str] | None = None, symmetric: bool = False, work: Path | None = None) -> Path:
+                 exclude: list[str] | None = None, symmetric: bool = False, work: Path | None = None,
+                 pool_convs: bool = True) -> Path:
     """Write a QDQ INT8 graph of fp32 to out.
 
     Args:
@@ -37,13 +38,15 @@ def quantize_qdq(fp32: Path, out: Path, reader: CalibrationReader, method: str =
         work: folder shared by the calls of one candidate search: the pre-processed graph and each method's
             calibration ranges are computed there once and reused (calibration was 65-90 % of a candidate's
             time, measured); None calibrates afresh.
+        pool_convs: the branches' average pooling quantized as depthwise convolutions (graph.pools_as_convs):
+            exact in float, and ORT's INT8 pooling is slow.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if work is None:
         with tempfile.TemporaryDirectory(prefix="lineside-ort-") as tmp:
-            return quantize_qdq(fp32, out, reader, method, scope, exclude, symmetric, Path(tmp))
-    pre = _pre_processed(fp32, work)
+            return quantize_qdq(fp32, out, reader, method, scope, exclude, symmetric, Path(tmp), pool_convs)
+    pre = _pre_processed(fp32, work, pool_convs)
     cache = _calibration(pre, reader, method, work)
     extra: dict[str, object] = {}
     if symmetric:
@@ -64,14 +67,19 @@ def quantize_qdq(fp32: Path, out: Path, reader: CalibrationReader, method: str =
 _METHOD = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}  # CalibrationMethod member names
 
 
-def _pre_processed(fp32: Path, work: Path) -> Path:
-    """ORT's shape-inferred copy of fp32 in work (made once per search)."""
+def _pre_processed(fp32: Path, work: Path, pool_convs: bool) -> Path:
+    """ORT's shape-inferred copy of fp32 in work, its pooling rewritten when asked (made once per search)."""
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pre = work / "pre.onnx"
+    pre = work / ("pre-poolconv.onnx" if pool_convs else "pre.onnx")
     if not pre.is_file():
         work.mkdir(parents=True, exist_ok=True)
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        if pool_convs:
+            model = onnx.load(str(pre))
+            if pools_as_convs(model):
+                onnx.save(model, str(pre))
     return pre
 
 
@@ -84,7 +92,7 @@ def _calibration(pre: Path, reader: CalibrationReader, method: str, work: Path) 
     from onnxruntime.quantization import CalibrationMethod, create_calibrator, save_tensors_data
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    cache = work / f"calibration-{method}.json"
+    cache = work / f"calibration-{pre.stem}-{method}.json"
     if cache.is_file():
         return cache
     options: dict[str, object] = {"moving_average": False}
@@ -232,11 +240,10 @@ class OnnxRuntimeQuantizer(Quantizer):
     backend = "onnxruntime"
     artifact = "model_int8.onnx"
     symmetric: ClassVar[bool] = False  # INT8 symmetric activations and weights
-    # The first convolution of each branch reads the 3-channel image: in INT8 its tiny reduction (3 x k x k)
-    # ran slower than ORT's float kernel for it, and it quantizes the image (default objects run, 256 px, x86:
-    # 121-127 ms -> 100-112 ms; the FP32 graph 272 ms). Its scores differ slightly too, so the winner's twin
-    # with those convolutions float is measured like any candidate, not assumed.
-    float_input_convs: ClassVar[bool] = True
+    # average pooling as depthwise INT8 convolutions: ORT's QLinearAveragePool was a fifth of the default
+    # model's INT8 time (default objects run, 256 px, x86: 125-128 -> 102-108 ms; FP32 282-290 ms)
+    pool_convs: ClassVar[bool] = True
+    settings: ClassVar[dict[str, str]] = {"average_pooling": "depthwise conv"}
 
     def candidates(self, finals: list[str], head: list[str],
                    sensitive: list[list[str]]) -> list[dict[str, Any]]:
@@ -267,15 +274,10 @@ class OnnxRuntimeQuantizer(Quantizer):
         # the quickstart and of a 256 px default run, 2026-12-01: 2-39 ms slower at 128 and 256 px)
         return cand["scope"] == "conv" and other["scope"] == "all"
 
-    def refinements(self, chosen: dict[str, Any]) -> list[dict[str, Any]]:
-        if not self.float_input_convs or chosen.get("input_convs") == "float":
-            return []
-        return [{**chosen, "input_convs": "float"}]
-
     def build(self, fp32: Path, out: Path, calib: CalibrationReader, cand: dict[str, Any], device: str,
               work: Path) -> Path:
-        keep = cand["keep_float"] + (input_convs(fp32) if cand.get("input_convs") == "float" else [])
-        art = quantize_qdq(fp32, out, calib, cand["method"], cand["scope"], keep, symmetric=self.symmetric, work=work)
+        art = quantize_qdq(fp32, out, calib, cand["method"], cand["scope"], cand["keep_float"],
+                           symmetric=self.symmetric, work=work, pool_convs=self.pool_convs)
         return correct_bias(fp32, art, calib, work) if cand.get("bias_correction") else art
 
 

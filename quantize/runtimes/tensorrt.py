@@ -18,7 +18,7 @@ class TensorRtQuantizer(OnnxRuntimeQuantizer):
     backend = "onnxruntime"
     artifact = "model_int8_qdq.onnx"
     symmetric = True
-    float_input_convs = False  # measured for ONNX Runtime's CPU kernels only; TensorRT chooses its own
+    pool_convs = False  # measured for ONNX Runtime's CPU kernels; TensorRT's INT8 pooling is its own
     fp32_copy = "model_fp32.onnx"
     # graphs made with int32 bias Q/DQ (before this key) cannot be parsed by TensorRT: re-made once
     settings: ClassVar[dict[str, str]] = {"qdq_bias": "float"}
