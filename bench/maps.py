@@ -3,6 +3,7 @@
     python -m bench.maps run RUN --data DIR                # each map of a trained run alone, and per teacher stage
     python -m bench.maps gaussian --data DIR --size 256 \\
         --set teacher=lite2 teacher_scale=1 gaussian_dims=128 --set gaussian_dims=64   # the Gaussian map alone
+    python -m bench.maps gaussian --data DIR --ensemble --set teacher=lite0 --set teacher=lite2 size=320  # and summed
 
 Prints a table of image AUROC (max and top-1 % pooling) and writes JSON beside it (`--out`). This is how the
 ELPV gap was traced to the student (docs/benchmarks.md): a map that cannot beat the Gaussian alone cannot lift
@@ -80,23 +81,48 @@ def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def diagnose_gaussian(data: Path, size: int, settings: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
-    """AUROC of the per-position Gaussian map alone, fitted on the training images, for each parameter set."""
+def diagnose_gaussian(data: Path, size: int, settings: list[dict[str, Any]], seed: int = 0,
+                      ensemble: bool = False) -> list[dict[str, Any]]:
+    """AUROC of the per-position Gaussian map alone, fitted on the training images, for each parameter set.
+
+    A setting may carry its own input size (`size=320`). With `ensemble`, 15 % of the training images are held
+    out, each setting's top-1 % image score is z-normalised on them, and every combination of two or more
+    settings is scored by the sum (the ensemble a product could ship, normalised on good images only).
+    """
+    from itertools import combinations
+
     from training.data import open_dataset
     from training.inference import load_images
+    from training.metrics import auroc
     from training.models.efficientad import EfficientAd, EfficientAdParams
 
     ds = open_dataset(data, seed=seed)
-    train, test = load_images(ds.train, size), load_images(ds.test, size)
+    n_fit = int(len(ds.train) * 0.85) if ensemble else len(ds.train)
+    fit, held = ds.train[:n_fit], ds.train[n_fit:]
     labels = np.array([s.label for s in ds.test])
-    rows = []
+    rows, z = [], {}
     for setting in settings:
+        setting = dict(setting)
+        px = int(setting.pop("size", size))
         params = EfficientAdParams(**{"map_weights": (1, 0, 1), "penalty": False, **setting})
-        m = EfficientAd(params, size).eval()
-        m.prepare(train, progress=False)
-        maps = torch.cat([m._gauss_map(m._teacher(test[i : i + 16])) for i in range(0, len(test), 16)])
-        rows.append({"map": "gaussian " + " ".join(f"{k}={v}" for k, v in setting.items()), **_pooled(labels, maps)})
+        m = EfficientAd(params, px).eval()
+        m.prepare(load_images(fit, px), progress=False)
+
+        def maps(samples: list[Any]) -> torch.Tensor:
+            return torch.cat([m._gauss_map(m._teacher(load_images(samples[i : i + 16], px)))
+                              for i in range(0, len(samples), 16)])
+
+        test_maps = maps(ds.test)
+        name = "gaussian " + " ".join(f"{k}={v}" for k, v in {"size": px, **setting}.items())
+        rows.append({"map": name, **_pooled(labels, test_maps)})
         print(rows[-1], flush=True)
+        if ensemble:
+            top = lambda t: t.flatten(1).topk(max(1, t[0].numel() // 100), dim=1).values.mean(1).numpy()  # noqa: E731
+            good = top(maps(held))
+            z[name] = (top(test_maps) - good.mean()) / good.std()
+    for k in range(2, len(z) + 1):
+        for combo in combinations(z, k):
+            rows.append({"map": " + ".join(combo), "top1%": round(auroc(labels, sum(z[c] for c in combo)), 4)})
     return rows
 
 
@@ -122,6 +148,8 @@ def main() -> int:
     g.add_argument("--size", type=int, default=256)
     g.add_argument("--set", dest="sets", nargs="+", action="append", default=[], metavar="KEY=VALUE",
                    help="one parameter set (repeat --set for several); values are JSON (128, [3, 4]) or text (lite2)")
+    g.add_argument("--ensemble", action="store_true",
+                   help="also score every combination of the sets, z-normalised on held-out good images")
     for p in (r, g):
         p.add_argument("--data", type=Path, required=True, help="labelled dataset (folder / MVTec layout)")
         p.add_argument("--out", type=Path, default=None, help="JSON file for the rows")
@@ -129,7 +157,7 @@ def main() -> int:
     if a.cmd == "run":
         rows = diagnose_run(a.run, a.data)
     else:
-        rows = diagnose_gaussian(a.data, a.size, [_setting(s) for s in a.sets] or [{}])
+        rows = diagnose_gaussian(a.data, a.size, [_setting(s) for s in a.sets] or [{}], ensemble=a.ensemble)
     print(table(rows, ["map", "max", "top1%", "good_residual"]))
     if a.out:
         save(a.out, {"args": {k: str(v) for k, v in vars(a).items()}, "rows": rows})
