@@ -59,8 +59,8 @@ def pools_as_convs(model: onnx.ModelProto) -> int:
     shapes (the pooled channels).
 
     Exact in float. ONNX Runtime's QLinearAveragePool was a fifth of the default model's INT8 time (4 pools,
-    23 of 122 ms at 256 px on x86) while its depthwise INT8 convolution is fast, and a weight of 1/4 is exact
-    in INT8; the head's own pooling is not touched (it stays float with the head).
+    23 of 122 ms at 256 px on x86) while its depthwise INT8 convolution is fast, and a constant weight is
+    exact in per-channel INT8; the head's own pooling is not touched (it stays float with the head).
     """
     from onnx import helper, numpy_helper
 
@@ -70,9 +70,10 @@ def pools_as_convs(model: onnx.ModelProto) -> int:
     for n in model.graph.node:
         a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
         pads = list(a.get("pads", [0, 0, 0, 0]))
-        exact = (a.get("count_include_pad", 0) == 1 or not any(pads)) and not a.get("ceil_mode", 0)
+        exact = (len(a.get("kernel_shape", [])) == 2 and (a.get("count_include_pad", 0) == 1 or not any(pads)) and not a.get("ceil_mode", 0)
+                 and all(d == 1 for d in a.get("dilations", [1, 1])) and a.get("auto_pad", b"NOTSET") == b"NOTSET")
         c = channels.get(n.input[0], 0) if n.input else 0
-        if n.op_type != "AveragePool" or not exact or c <= 0 or n.name.count("/") <= 2 or a.get("auto_pad", b"NOTSET") != b"NOTSET":
+        if n.op_type != "AveragePool" or not exact or c <= 0 or n.name.count("/") <= 2:
             nodes.append(n)
             continue
         kh, kw = a["kernel_shape"]
