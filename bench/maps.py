@@ -3,7 +3,7 @@
     python -m bench.maps run RUN --data DIR                # each map of a trained run alone, and per teacher stage
     python -m bench.maps gaussian --data DIR --size 256 \\
         --set teacher=lite2 teacher_scale=1 gaussian_dims=128 --set gaussian_dims=64   # the Gaussian map alone
-    python -m bench.maps gaussian --data DIR --ensemble --set teacher=lite0 --set teacher=lite2 size=320  # and summed
+    python -m bench.maps gaussian --data DIR --ensemble --set teacher=lite0 --set teacher=lite2 px=320  # and summed
 
 Prints a table of image AUROC (max and top-1 % pooling) and writes JSON beside it (`--out`). This is how the
 ELPV gap was traced to the student (docs/benchmarks.md): a map that cannot beat the Gaussian alone cannot lift
@@ -85,7 +85,7 @@ def diagnose_gaussian(data: Path, size: int, settings: list[dict[str, Any]], see
                       ensemble: bool = False) -> list[dict[str, Any]]:
     """AUROC of the per-position Gaussian map alone, fitted on the training images, for each parameter set.
 
-    A setting may carry its own input size (`size=320`). With `ensemble`, 15 % of the training images are held
+    A setting may carry its own input size (`px=320`). With `ensemble`, 15 % of the training images are held
     out, each setting's top-1 % image score is z-normalised on them, and every combination of two or more
     settings is scored by the sum (the ensemble a product could ship, normalised on good images only).
     """
@@ -98,12 +98,14 @@ def diagnose_gaussian(data: Path, size: int, settings: list[dict[str, Any]], see
 
     ds = open_dataset(data, seed=seed)
     n_fit = int(len(ds.train) * 0.85) if ensemble else len(ds.train)
+    if ensemble and len(ds.train) - n_fit < 2:
+        raise SystemExit(f"{data}: --ensemble normalises on 15 % of the training images; {len(ds.train)} leave fewer than 2")
     fit, held = ds.train[:n_fit], ds.train[n_fit:]
     labels = np.array([s.label for s in ds.test])
     rows, z = [], {}
     for setting in settings:
         setting = dict(setting)
-        px = int(setting.pop("size", size))
+        px = int(setting.pop("px", size))  # not "size": that is the PDN's (s, m, tiny)
         params = EfficientAdParams(**{"map_weights": (1, 0, 1), "penalty": False, **setting})
         m = EfficientAd(params, px).eval()
         m.prepare(load_images(fit, px), progress=False)
@@ -113,13 +115,13 @@ def diagnose_gaussian(data: Path, size: int, settings: list[dict[str, Any]], see
                               for i in range(0, len(samples), 16)])
 
         test_maps = maps(ds.test)
-        name = "gaussian " + " ".join(f"{k}={v}" for k, v in {"size": px, **setting}.items())
+        name = f"{len(rows) + 1}: gaussian " + " ".join(f"{k}={v}" for k, v in {"px": px, **setting}.items())
         rows.append({"map": name, **_pooled(labels, test_maps)})
         print(rows[-1], flush=True)
         if ensemble:
             top = lambda t: t.flatten(1).topk(max(1, t[0].numel() // 100), dim=1).values.mean(1).numpy()  # noqa: E731
             good = top(maps(held))
-            z[name] = (top(test_maps) - good.mean()) / good.std()
+            z[name] = (top(test_maps) - good.mean()) / max(float(good.std()), 1e-12)
     for k in range(2, len(z) + 1):
         for combo in combinations(z, k):
             rows.append({"map": " + ".join(combo), "top1%": round(auroc(labels, sum(z[c] for c in combo)), 4)})

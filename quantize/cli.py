@@ -60,12 +60,14 @@ def _choose(rows: list[dict[str, Any]], fp32_auroc: float, max_drop: float, min_
     return max(range(len(rows)), key=lambda i: (round(rows[i]["selection_auroc"], 4), rows[i]["spearman"]))
 
 
-def _sensitivity(fp32: Path, calib: Any, inputs: list[np.ndarray], tmp: Path) -> dict[str, float]:
-    """Per-layer SQNR of a fully quantized graph (ORT MinMax, convolutions) against FP32, on good images."""
+def _sensitivity(fp32: Path, calib: Any, inputs: list[np.ndarray], tmp: Path, pool_convs: bool) -> dict[str, float]:
+    """Per-layer SQNR of a fully quantized graph (ORT MinMax, convolutions) against FP32, on good images;
+    pool_convs: the pooling as the runtime's candidates quantize it (the same pre-processed graph)."""
     from quantize.runtimes.onnxruntime import quantize_qdq
     from quantize.sensitivity import layer_sqnr
 
-    full = quantize_qdq(fp32, _mk(tmp / "sensitivity") / "full.onnx", calib, "minmax", "conv", [], work=tmp / "shared")
+    full = quantize_qdq(fp32, _mk(tmp / "sensitivity") / "full.onnx", calib, "minmax", "conv", [], work=tmp / "shared",
+                        pool_convs=pool_convs)
     return layer_sqnr(fp32, full, inputs)
 
 
@@ -128,7 +130,7 @@ def quantize_run(run: Path, runtime: str, max_drop: float = MAX_DROP, calib_dir:
         arts = []
         tmp = Path(tempfile.mkdtemp(prefix="lineside-q-"))
         print(f"[2/4] per-layer sensitivity on {min(4, len(held_out))} held-out good images", flush=True)
-        sqnr = _sensitivity(fp32, calib, held_out[:4], tmp)
+        sqnr = _sensitivity(fp32, calib, held_out[:4], tmp, q.pool_convs)
         sensitive = [sensitive_nodes(sqnr, b) for b in SENSITIVITY_BOUNDS_DB]
         cands = q.candidates(finals, head, sensitive)
         # a runtime that calibrates each candidate afresh is searched on a subset, and the winner rebuilt on all

@@ -4,6 +4,7 @@ nodes form the scoring head (distance, normalisation, upsampling between the bra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,12 @@ __all__ = ["final_convs", "head_nodes", "pools_as_convs"]
 def final_convs(path: Path) -> list[str]:
     """Conv nodes with no Conv downstream: the last layer of each branch (teacher, student, AE, whitening)."""
     g = onnx.load(str(path)).graph
+    reaches_conv = _reaches_conv(g)
+    return [n.name for n in g.node if n.op_type == "Conv" and not reaches_conv(n)]
+
+
+def _reaches_conv(g: onnx.GraphProto) -> Callable[[onnx.NodeProto], bool]:
+    """Whether a node of g feeds a Conv further down (memoised over the graph)."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
         for i in n.input:
@@ -25,18 +32,11 @@ def final_convs(path: Path) -> list[str]:
         if node.name in memo:
             return memo[node.name]
         memo[node.name] = False
-        hit = False
-        for out in node.output:
-            for c in consumers.get(out, []):
-                if c.op_type == "Conv" or reaches_conv(c):
-                    hit = True
-                    break
-            if hit:
-                break
+        hit = any(c.op_type == "Conv" or reaches_conv(c) for out in node.output for c in consumers.get(out, []))
         memo[node.name] = hit
         return hit
 
-    return [n.name for n in g.node if n.op_type == "Conv" and not reaches_conv(n)]
+    return reaches_conv
 
 
 def head_nodes(path: Path) -> list[str]:
@@ -54,9 +54,10 @@ def head_nodes(path: Path) -> list[str]:
 
 
 def pools_as_convs(model: onnx.ModelProto) -> int:
-    """Replace each zero-padded AveragePool inside a branch by the depthwise Conv that computes the same thing
-    (weights 1/(kh*kw), same pads and strides); returns how many were replaced. `model` must carry inferred
-    shapes (the pooled channels).
+    """Replace each zero-padded AveragePool inside a branch that feeds a further Conv by the depthwise Conv
+    that computes the same thing (weights 1/(kh*kw), same pads and strides); returns how many were replaced.
+    `model` must carry inferred shapes (the pooled channels). A pool after a branch's final convolution is
+    left as it is: it belongs to what candidates keep float with the final convolutions.
 
     Exact in float. ONNX Runtime's QLinearAveragePool was a fifth of the default model's INT8 time (4 pools,
     23 of 122 ms at 256 px on x86) while its depthwise INT8 convolution is fast, and a constant weight is
@@ -66,6 +67,7 @@ def pools_as_convs(model: onnx.ModelProto) -> int:
 
     channels = {v.name: v.type.tensor_type.shape.dim[1].dim_value
                 for v in [*model.graph.value_info, *model.graph.input] if len(v.type.tensor_type.shape.dim) == 4}
+    reaches_conv = _reaches_conv(model.graph)
     nodes, done = [], 0
     for n in model.graph.node:
         a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
@@ -73,7 +75,7 @@ def pools_as_convs(model: onnx.ModelProto) -> int:
         exact = (len(a.get("kernel_shape", [])) == 2 and (a.get("count_include_pad", 0) == 1 or not any(pads)) and not a.get("ceil_mode", 0)
                  and all(d == 1 for d in a.get("dilations", [1, 1])) and a.get("auto_pad", b"NOTSET") == b"NOTSET")
         c = channels.get(n.input[0], 0) if n.input else 0
-        if n.op_type != "AveragePool" or not exact or c <= 0 or n.name.count("/") <= 2:
+        if n.op_type != "AveragePool" or not exact or c <= 0 or n.name.count("/") <= 2 or not reaches_conv(n):
             nodes.append(n)
             continue
         kh, kw = a["kernel_shape"]

@@ -28,6 +28,8 @@ class Quantizer:
     # then rebuilt on all of them
     search_images: ClassVar[int | None] = None
     settings: ClassVar[dict[str, str]] = {}  # recorded in quant.json's source; a change re-makes artifacts
+    # ORT-made graphs (the search's sensitivity pass and QDQ candidates) pool through depthwise INT8 convolutions
+    pool_convs: ClassVar[bool] = False
 
     def candidates(self, finals: list[str], head: list[str],
                    sensitive: list[list[str]]) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ PERCENTILE_IMAGES = 16  # calibration images of the percentile method
 
 def quantize_qdq(fp32: Path, out: Path, reader: CalibrationReader, method: str = "minmax", scope: str = "conv",
                  exclude: list[str] | None = None, symmetric: bool = False, work: Path | None = None,
-                 pool_convs: bool = True) -> Path:
+                 pool_convs: bool = False) -> Path:
     """Write a QDQ INT8 graph of fp32 to out.
 
     Args:
@@ -242,7 +242,7 @@ class OnnxRuntimeQuantizer(Quantizer):
     symmetric: ClassVar[bool] = False  # INT8 symmetric activations and weights
     # average pooling as depthwise INT8 convolutions: ORT's QLinearAveragePool was a fifth of the default
     # model's INT8 time (default objects run, 256 px, x86: 125-128 -> 102-108 ms; FP32 282-290 ms)
-    pool_convs: ClassVar[bool] = True
+    pool_convs = True
     settings: ClassVar[dict[str, str]] = {"average_pooling": "depthwise conv"}
 
     def candidates(self, finals: list[str], head: list[str],

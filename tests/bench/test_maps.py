@@ -30,12 +30,12 @@ def test_run_diagnosis_matches_the_exported_score_and_covers_every_stage(tiny_ru
 def test_gaussian_diagnosis_fits_each_setting(tiny_data):
     rows = diagnose_gaussian(tiny_data, 64, [{"pretrained_backbone": False, "gaussian_dims": 4},
                                              {"pretrained_backbone": False, "gaussian_dims": 8, "teacher_stages": [3, 4]}])
-    assert [r["map"].split()[3] for r in rows] == ["gaussian_dims=4", "gaussian_dims=8"]
+    assert [r["map"].split()[4] for r in rows] == ["gaussian_dims=4", "gaussian_dims=8"]
     assert all(0.0 <= r["max"] <= 1.0 for r in rows)
 
 
 def test_gaussian_ensemble_scores_each_combination(tiny_data):
-    sets = [{"pretrained_backbone": False, "gaussian_dims": 4}, {"pretrained_backbone": False, "gaussian_dims": 4, "size": 48}]
+    sets = [{"pretrained_backbone": False, "gaussian_dims": 4}, {"pretrained_backbone": False, "gaussian_dims": 4, "px": 48}]
     rows = diagnose_gaussian(tiny_data, 64, sets, ensemble=True)
-    assert [r["map"].split()[1] for r in rows[:2]] == ["size=64", "size=48"]  # a set may bring its own size
+    assert [r["map"].split()[2] for r in rows[:2]] == ["px=64", "px=48"]  # a set may bring its own size
     assert len(rows) == 3 and " + " in rows[2]["map"] and 0.0 <= rows[2]["top1%"] <= 1.0

@@ -37,8 +37,10 @@ def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
         g = onnx.load(str(tiny_run / "quantized" / runtime / res.artifact)).graph
         pools = [n for n in onnx.load(str(tiny_run / "model.onnx")).graph.node
                  if n.op_type == "AveragePool" and n.name.count("/") > 2]
-        ops = {n.name: n.op_type for n in g.node}
-        assert pools and all(ops[p.name] == "Conv" for p in pools)
+        by_name = {n.name: n for n in g.node}
+        dq_outputs = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+        assert pools and all(by_name[p.name].op_type == "Conv" for p in pools)
+        assert all(by_name[p.name].input[1] in dq_outputs for p in pools)  # and quantized
 
 
 def test_selection_takes_the_fastest_candidate_that_keeps_accuracy():
@@ -116,6 +118,10 @@ def test_pools_as_convs_computes_the_same_scores(tiny_run):
     model = shape_inference.infer_shapes(onnx.load(str(tiny_run / "model.onnx")))
     before = [n.name for n in model.graph.node if n.op_type == "AveragePool"]
     assert pools_as_convs(model) >= 2  # teacher and student pool
+    tail = onnx.helper.make_node("AveragePool", ["x"], ["y"], name="/model/net/last/AveragePool", kernel_shape=[2, 2])
+    g = onnx.helper.make_graph([tail], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+                               [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    assert pools_as_convs(onnx.helper.make_model(g)) == 0  # a pool no convolution follows stays with the finals
     after = [n.name for n in model.graph.node if n.op_type == "AveragePool"]
     assert set(after) < set(before) and all(a.count("/") == 2 for a in after)  # the head's pooling stays
     onnx.checker.check_model(model)
