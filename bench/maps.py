@@ -23,13 +23,18 @@ import torch
 from bench.common import save, table
 
 
+def _top1(maps: torch.Tensor) -> np.ndarray:
+    """Image scores of a B x 1 x h x w map stack: the mean of each map's hottest 1 %."""
+    flat = maps.flatten(1)
+    return flat.topk(max(1, flat.shape[1] // 100), dim=1).values.mean(dim=1).numpy()
+
+
 def _pooled(labels: np.ndarray, maps: torch.Tensor) -> dict[str, float]:
     """Image AUROC of a B x 1 x h x w map stack under max and top-1 % pooling."""
     from training.metrics import auroc
 
-    flat = maps.flatten(1)
-    top = flat.topk(max(1, flat.shape[1] // 100), dim=1).values.mean(dim=1)
-    return {"max": round(auroc(labels, flat.amax(dim=1).numpy()), 4), "top1%": round(auroc(labels, top.numpy()), 4)}
+    return {"max": round(auroc(labels, maps.flatten(1).amax(dim=1).numpy()), 4),
+            "top1%": round(auroc(labels, _top1(maps)), 4)}
 
 
 @torch.no_grad()
@@ -99,7 +104,8 @@ def diagnose_gaussian(data: Path, size: int, settings: list[dict[str, Any]], see
     ds = open_dataset(data, seed=seed)
     n_fit = int(len(ds.train) * 0.85) if ensemble else len(ds.train)
     if ensemble and len(ds.train) - n_fit < 2:
-        raise SystemExit(f"{data}: --ensemble normalises on 15 % of the training images; {len(ds.train)} leave fewer than 2")
+        raise SystemExit(f"{data}: --ensemble normalises on 15 % of the training images; "
+                         f"{len(ds.train)} leave fewer than 2")
     fit, held = ds.train[:n_fit], ds.train[n_fit:]
     labels = np.array([s.label for s in ds.test])
     rows, z = [], {}
@@ -119,9 +125,8 @@ def diagnose_gaussian(data: Path, size: int, settings: list[dict[str, Any]], see
         rows.append({"map": name, **_pooled(labels, test_maps)})
         print(rows[-1], flush=True)
         if ensemble:
-            top = lambda t: t.flatten(1).topk(max(1, t[0].numel() // 100), dim=1).values.mean(1).numpy()  # noqa: E731
-            good = top(maps(held))
-            z[name] = (top(test_maps) - good.mean()) / max(float(good.std()), 1e-12)
+            good = _top1(maps(held))
+            z[name] = (_top1(test_maps) - good.mean()) / max(float(good.std()), 1e-12)
     for k in range(2, len(z) + 1):
         for combo in combinations(z, k):
             rows.append({"map": " + ".join(combo), "top1%": round(auroc(labels, sum(z[c] for c in combo)), 4)})

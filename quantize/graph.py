@@ -45,12 +45,13 @@ def head_nodes(path: Path) -> list[str]:
     That is where the anomaly signal is a small difference of large activations, so the 'all ops' scope
     keeps them float while every branch is quantized end to end (Relu/pooling fused, fewer Q/DQ hops).
     """
-    out = []
-    for n in onnx.load(str(path)).graph.node:
-        parts = n.name.split("/")
-        if len(parts) == 3 and parts[1] == "model" and n.op_type != "Constant":
-            out.append(n.name)
-    return out
+    return [n.name for n in onnx.load(str(path)).graph.node if _in_head(n.name) and n.op_type != "Constant"]
+
+
+def _in_head(name: str) -> bool:
+    """Whether an exported node name is of the top-level forward (/model/Sub), not of a branch module."""
+    parts = name.split("/")
+    return len(parts) == 3 and parts[1] == "model"
 
 
 def pools_as_convs(model: onnx.ModelProto) -> int:
@@ -66,20 +67,24 @@ def pools_as_convs(model: onnx.ModelProto) -> int:
     from onnx import helper, numpy_helper
 
     channels = {v.name: v.type.tensor_type.shape.dim[1].dim_value
-                for v in [*model.graph.value_info, *model.graph.input] if len(v.type.tensor_type.shape.dim) == 4}
+                for v in [*model.graph.value_info, *model.graph.input]
+                if len(v.type.tensor_type.shape.dim) == 4}
     reaches_conv = _reaches_conv(model.graph)
     nodes, done = [], 0
     for n in model.graph.node:
         a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
         pads = list(a.get("pads", [0, 0, 0, 0]))
-        exact = (len(a.get("kernel_shape", [])) == 2 and (a.get("count_include_pad", 0) == 1 or not any(pads)) and not a.get("ceil_mode", 0)
-                 and all(d == 1 for d in a.get("dilations", [1, 1])) and a.get("auto_pad", b"NOTSET") == b"NOTSET")
+        # a window always divides by kh*kw: padding counted (or none), no partial windows, no dilation
+        plain = (len(a.get("kernel_shape", [])) == 2 and (a.get("count_include_pad", 0) == 1 or not any(pads))
+                 and not a.get("ceil_mode", 0) and all(d == 1 for d in a.get("dilations", [1, 1]))
+                 and a.get("auto_pad", b"NOTSET") == b"NOTSET")
         c = channels.get(n.input[0], 0) if n.input else 0
-        if n.op_type != "AveragePool" or not exact or c <= 0 or n.name.count("/") <= 2 or not reaches_conv(n):
+        if n.op_type != "AveragePool" or not plain or c <= 0 or _in_head(n.name) or not reaches_conv(n):
             nodes.append(n)
             continue
         kh, kw = a["kernel_shape"]
-        weight = numpy_helper.from_array(np.full((c, 1, kh, kw), 1.0 / (kh * kw), np.float32), f"{n.name}/depthwise_weight")
+        weight = numpy_helper.from_array(np.full((c, 1, kh, kw), 1.0 / (kh * kw), np.float32),
+                                         f"{n.name}/depthwise_weight")
         model.graph.initializer.append(weight)
         nodes.append(helper.make_node("Conv", [n.input[0], weight.name], list(n.output), name=n.name, group=c,
                                       kernel_shape=[kh, kw], strides=list(a.get("strides", [1, 1])), pads=pads))

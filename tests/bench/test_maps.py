@@ -35,7 +35,8 @@ def test_gaussian_diagnosis_fits_each_setting(tiny_data):
 
 
 def test_gaussian_ensemble_scores_each_combination(tiny_data):
-    sets = [{"pretrained_backbone": False, "gaussian_dims": 4}, {"pretrained_backbone": False, "gaussian_dims": 4, "px": 48}]
+    sets = [{"pretrained_backbone": False, "gaussian_dims": 4},
+            {"pretrained_backbone": False, "gaussian_dims": 4, "px": 48}]
     rows = diagnose_gaussian(tiny_data, 64, sets, ensemble=True)
     assert [r["map"].split()[2] for r in rows[:2]] == ["px=64", "px=48"]  # a set may bring its own size
     assert len(rows) == 3 and " + " in rows[2]["map"] and 0.0 <= rows[2]["top1%"] <= 1.0

@@ -119,7 +119,8 @@ def test_pools_as_convs_computes_the_same_scores(tiny_run):
     before = [n.name for n in model.graph.node if n.op_type == "AveragePool"]
     assert pools_as_convs(model) >= 2  # teacher and student pool
     tail = onnx.helper.make_node("AveragePool", ["x"], ["y"], name="/model/net/last/AveragePool", kernel_shape=[2, 2])
-    g = onnx.helper.make_graph([tail], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+    g = onnx.helper.make_graph([tail], "g",
+                               [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
                                [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
     assert pools_as_convs(onnx.helper.make_model(g)) == 0  # a pool no convolution follows stays with the finals
     after = [n.name for n in model.graph.node if n.op_type == "AveragePool"]
