@@ -52,6 +52,9 @@ def load_run(run: Path) -> RunState:
     saved = torch.load(p, map_location="cpu", weights_only=False)
     cfg = FitConfig(**saved["config"])
     model = build_model(cfg.model, cfg.params, cfg.size_px, cfg.seed)
-    model.load_state_dict(saved["state_dict"])
+    state_dict = saved["state_dict"]
+    # runs saved before the per-position scale existed: a flat scale scores as they did
+    state_dict.setdefault("pos_scale", model.pos_scale)
+    model.load_state_dict(state_dict)
     model.eval()
     return RunState(model, cfg, float(saved["threshold"]), saved["fingerprint"], saved["meta"])

@@ -312,3 +312,32 @@ def test_bf16_training_exports_an_fp32_model_and_auto_picks_by_family_and_hardwa
         "bf16" if cpu_has_bf16() else "fp32")
     assert training_precision(auto, build_model("ast-tiny", {}, 64, 0), cpu) == "fp32"  # not checked for AST
     assert training_precision(FitConfig(precision="fp32"), build_model("efficientad-tiny", {}, 64, 0), cpu) == "fp32"
+
+
+def test_position_norm_divides_each_map_by_what_good_images_show_there():
+    from training.models.base import POS_GRID, POS_PRIOR
+
+    model = build_model("efficientad-tiny", {"pretrained_backbone": False}, 64)
+    n = 24
+    good = 1.0 + 0.1 * torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    good[:, :, :, 0] *= 5.0  # an edge that is busy on every good part
+    model._fit_position_scale(0, good)
+    scale = model.pos_scale[0]
+    assert scale.shape == (POS_GRID, POS_GRID)
+    edge, rest = float(scale[:, :2].mean()), float(scale[:, 2:].mean())
+    rel = 5.0 / (1 + 4 / 16)  # the edge column's mean over the map's mean
+    assert edge == pytest.approx((n * rel + POS_PRIOR) / (n + POS_PRIOR), rel=0.02)  # shrunk toward 1
+    # a good part's busy edge no longer outscores a defect of half its raw height elsewhere
+    probe = good[:1].clone()
+    probe[0, 0, 8, 8] = 2.5
+    scaled = model._scaled(0, probe)
+    assert float(scaled[0, 0, 8, 8]) > float(scaled[0, 0, :, 0].max())
+    assert float(probe[0, 0, 8, 8]) < float(probe[0, 0, :, 0].max())
+    assert rest < 1.0 < edge
+    # a map that is not a distance keeps a flat scale; position_norm off leaves the raw map
+    model._fit_position_scale(1, good - 2.0)
+    assert torch.equal(model.pos_scale[1], torch.ones(POS_GRID, POS_GRID))
+    off = build_model("efficientad-tiny", {"pretrained_backbone": False, "position_norm": False}, 64)
+    off._fit_position_scale(0, good)
+    assert torch.equal(off.pos_scale[0], torch.ones(POS_GRID, POS_GRID))
+    assert torch.equal(off._scaled(0, probe), probe)
