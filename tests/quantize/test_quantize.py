@@ -16,7 +16,8 @@ def test_quantize_passes_gate_and_recalibrates(tiny_run, runtime):
     res = quantize_run(tiny_run, runtime, max_drop=1.0, max_far_increase=1.0)
     assert res.gate.passed
     assert (tiny_run / "quantized" / runtime / res.artifact).is_file()
-    assert res.threshold > 0 and res.output_affine.scale > 0
+    # scores are map units re-anchored on good images: the threshold may sit below zero, never be undefined
+    assert np.isfinite(res.threshold) and res.output_affine.scale > 0
     mp = res.mixed_precision.model_dump()  # the runtime's search record, kept as it was written
     assert len(mp["candidates"]) + len(mp["skipped"]) >= 2  # the choice was measured, not assumed
     from quantize.runtimes.base import quantizer
