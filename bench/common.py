@@ -68,10 +68,10 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "commit": rev}
 
 
-def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+def table(rows: list[dict[str, Any]], cols: list[str], digits: int = 3) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+            return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:.1f}"
         return "-" if v is None else str(v)
 
     widths = [max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in cols]

@@ -1,6 +1,7 @@
 """Which map carries the score: eval-only diagnostics of EfficientAD on a labelled test set (no training).
 
     python -m bench.maps run RUN --data DIR                # each map of a trained run alone, and per teacher stage
+    python -m bench.maps position RUN --data DIR           # the run recalibrated with and without position_norm
     python -m bench.maps gaussian --data DIR --size 256 \\
         --set teacher=lite2 teacher_scale=1 gaussian_dims=128 --set gaussian_dims=64   # the Gaussian map alone
     python -m bench.maps gaussian --data DIR --ensemble --set teacher=lite0 --set teacher=lite2 px=320  # and summed
@@ -37,6 +38,15 @@ def _pooled(labels: np.ndarray, maps: torch.Tensor) -> dict[str, float]:
             "top1%": round(auroc(labels, _top1(maps)), 4)}
 
 
+def _map_names(m: Any) -> list[str]:
+    """Names of a model's raw maps, in order (EfficientAD's by branch, others by number)."""
+    from training.models.efficientad import EfficientAd
+
+    if isinstance(m, EfficientAd):
+        return ["student-teacher"] + (["autoencoder"] if m.use_ae else []) + (["gaussian"] if m.use_gauss else [])
+    return [f"map {k}" for k in range(len(m.map_weight))]
+
+
 @torch.no_grad()
 def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
     """AUROC of a trained EfficientAD run's fused score, of each normalised map alone, and of the
@@ -54,7 +64,7 @@ def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
     ds = open_dataset(data, seed=state.config.seed)
     images = load_images(ds.test, state.config.size_px)
     labels = np.array([s.label for s in ds.test])
-    names = ["student-teacher"] + (["autoencoder"] if m.use_ae else []) + (["gaussian"] if m.use_gauss else [])
+    names = _map_names(m)
     fused, scores, per_map, st_err = [], [], [], []
     for i in range(0, len(images), batch):
         x = images[i : i + batch]
@@ -82,6 +92,42 @@ def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
             rows.append({"map": f"student-teacher, stage {s} only", **_pooled(labels, part.mean(dim=1, keepdim=True)),
                          "good_residual": round(good_residual, 3)})
             start += w
+    return rows
+
+
+@torch.no_grad()
+def diagnose_position_norm(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
+    """A trained run's image AUROC without and with each map divided by its good-image mean per position:
+    recalibrated both ways on the run's held-out good images, for the run's fusion, every fusion it offers
+    and each map alone (same forward passes, so the difference is the normalisation alone)."""
+    from training.data import open_dataset
+    from training.inference import load_images
+    from training.metrics import auroc
+    from training.selection import fusion_scores
+    from training.run import load_run
+
+    state = load_run(run)
+    m = state.model.eval()
+    ds = open_dataset(data, seed=state.config.seed)
+    val, test = load_images(ds.val, m.size_px), load_images(ds.test, m.size_px)
+    labels = np.array([s.label for s in ds.test])
+    outs = [m.raw(test[i : i + batch]) for i in range(0, len(test), batch)]
+    names = _map_names(m)
+    chosen, options = m.map_weight.clone(), m.fusion_options()
+    rows: list[dict[str, Any]] = []
+    for on in (False, True):
+        m.position_norm = on
+        good = m.calibrate(val)
+        m.map_weight.copy_(chosen)
+        m._fit_global_gain(good)
+        score = torch.cat([m.score_from_raw(maps, g) for maps, g in outs]).numpy()
+        rows.append({"position_norm": on, "map": "fused, the run's choice", "score": round(auroc(labels, score), 4)})
+        for o, sc in zip(options, fusion_scores(m, outs, good, options)):
+            rows.append({"position_norm": on, "map": f"fused, weights {o.get('map_weights')}",
+                         "score": round(auroc(labels, sc), 4)})
+        for k, name in enumerate(names):
+            rows.append({"position_norm": on, "map": f"{name} alone",
+                         **_pooled(labels, torch.cat([m._normalise(maps)[k] for maps, _ in outs]))})
     return rows
 
 
@@ -151,21 +197,25 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="each map of a trained EfficientAD run alone")
     r.add_argument("run", type=Path)
+    pn = sub.add_parser("position", help="a trained run recalibrated with and without position_norm")
+    pn.add_argument("run", type=Path)
     g = sub.add_parser("gaussian", help="the per-position Gaussian alone, for parameter sets")
     g.add_argument("--size", type=int, default=256)
     g.add_argument("--set", dest="sets", nargs="+", action="append", default=[], metavar="KEY=VALUE",
                    help="one parameter set (repeat --set for several); values are JSON (128, [3, 4]) or text (lite2)")
     g.add_argument("--ensemble", action="store_true",
                    help="also score every combination of the sets, z-normalised on held-out good images")
-    for p in (r, g):
+    for p in (r, pn, g):
         p.add_argument("--data", type=Path, required=True, help="labelled dataset (folder / MVTec layout)")
         p.add_argument("--out", type=Path, default=None, help="JSON file for the rows")
     a = ap.parse_args()
     if a.cmd == "run":
         rows = diagnose_run(a.run, a.data)
+    elif a.cmd == "position":
+        rows = diagnose_position_norm(a.run, a.data)
     else:
         rows = diagnose_gaussian(a.data, a.size, [_setting(s) for s in a.sets] or [{}], ensemble=a.ensemble)
-    print(table(rows, ["map", "max", "top1%", "good_residual"]))
+    print(table(rows, ["position_norm", "map", "score", "max", "top1%", "good_residual"], digits=4))
     if a.out:
         save(a.out, {"args": {k: str(v) for k, v in vars(a).items()}, "rows": rows})
     return 0

@@ -317,7 +317,7 @@ def test_bf16_training_exports_an_fp32_model_and_auto_picks_by_family_and_hardwa
 def test_position_norm_divides_each_map_by_what_good_images_show_there():
     from training.models.base import POS_GRID, POS_PRIOR
 
-    model = build_model("efficientad-tiny", {"pretrained_backbone": False}, 64)
+    model = build_model("efficientad-tiny", {"pretrained_backbone": False, "position_norm": True}, 64)
     n = 24
     good = 1.0 + 0.1 * torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     good[:, :, :, 0] *= 5.0  # an edge that is busy on every good part
@@ -337,7 +337,7 @@ def test_position_norm_divides_each_map_by_what_good_images_show_there():
     # a map that is not a distance keeps a flat scale; position_norm off leaves the raw map
     model._fit_position_scale(1, good - 2.0)
     assert torch.equal(model.pos_scale[1], torch.ones(POS_GRID, POS_GRID))
-    off = build_model("efficientad-tiny", {"pretrained_backbone": False, "position_norm": False}, 64)
+    off = build_model("efficientad-tiny", {"pretrained_backbone": False}, 64)  # off unless a recipe asks
     off._fit_position_scale(0, good)
     assert torch.equal(off.pos_scale[0], torch.ones(POS_GRID, POS_GRID))
     assert torch.equal(off._scaled(0, probe), probe)

@@ -42,8 +42,9 @@ class FamilyParams(BaseModel):
     score_pool: Literal["max", "mean", "top"] = Field("max", description="image score from the map: max, mean or mean of the top share")
     score_top: float = Field(0.01, gt=0.0, le=1.0, description="share of map pixels averaged when score_pool is top")
     position_norm: bool = Field(
-        True, description="divide each non-negative map by its mean on held-out good images at every position "
-        "(positions that are busy on good parts, such as edges and busbars, stop deciding the score)"
+        False, description="divide each non-negative map by its mean on held-out good images at every position "
+        "(textures: busy places such as edges and busbars stop deciding the score; objects: it also mutes the "
+        "places where parts sit, so localisation suffers)"
     )
 
 
@@ -76,7 +77,7 @@ class AnomalyModel(nn.Module, ABC):
         # static k: ONNX TopK with a constant k (edge-deploy checks it against TensorRT 8.6's limit of 1024)
         self.score_k = max(1, round(params.score_top * size_px * size_px)) if params.score_pool == "top" else 1
         self.position_norm = params.position_norm
-        # ones: runs saved before position_norm load without it and score as they did
+        # ones: a flat scale, what runs saved before position_norm load with
         self.register_buffer("pos_scale", torch.ones(n_maps, POS_GRID, POS_GRID))
         self.register_buffer("q_lo", torch.zeros(n_maps))
         self.register_buffer("q_hi", torch.full((n_maps,), 0.1))
@@ -136,8 +137,9 @@ class AnomalyModel(nn.Module, ABC):
         """Per-position mean of good maps Bx1xhxw relative to their overall mean, shrunk toward 1.
 
         A score is a ratio to what good parts show at that position only where the map is a distance (>= 0);
-        a map with negative values keeps a flat scale. On ELPV's Gaussian map this lifted image AUROC by
-        0.003 (mono) and 0.006 (poly) (docs/benchmarks.md).
+        a map with negative values keeps a flat scale. On ELPV (texture recipe) every map and fusion gained
+        0.003-0.007 image AUROC; on the synthetic parts it cost 0.03 AUPRO, as the places where parts sit are
+        busy on good images too, so only the texture recipe turns it on (docs/benchmarks.md).
         """
         self.pos_scale[i] = 1.0
         if not self.position_norm or float(maps.min()) < 0:
