@@ -97,13 +97,13 @@ def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
 
 @torch.no_grad()
 def diagnose_position_norm(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
-    """A trained run's image AUROC without and with each map divided by its good-image mean per position:
-    recalibrated both ways on the run's held-out good images, for the run's fusion, every fusion it offers
-    and each map alone (same forward passes, so the difference is the normalisation alone)."""
-    from training.data import open_dataset
+    """A trained run without and with each map divided by its good-image mean per position: recalibrated both
+    ways on the run's held-out good images, image AUROC (and, where the test set has masks, pixel AUROC and
+    AUPRO at FPR 0.3) of the run's fusion and of every fusion it offers, and each map alone. The forward
+    passes are shared, so a difference is the normalisation's alone."""
+    from training.data import load_mask, open_dataset
     from training.inference import load_images
-    from training.metrics import auroc
-    from training.selection import fusion_scores
+    from training.metrics import auroc, aupro
     from training.run import load_run
 
     state = load_run(run)
@@ -112,20 +112,32 @@ def diagnose_position_norm(run: Path, data: Path, batch: int = 8) -> list[dict[s
     val, test = load_images(ds.val, m.size_px), load_images(ds.test, m.size_px)
     labels = np.array([s.label for s in ds.test])
     outs = [m.raw(test[i : i + batch]) for i in range(0, len(test), batch)]
-    names = _map_names(m)
-    chosen, options = m.map_weight.clone(), m.fusion_options()
+    masks = keep = None
+    if ds.has_masks:  # as training.evaluate: good images and the defects that have masks
+        keep = np.array([t.label == 0 or bool(t.masks) for t in ds.test])
+        masks = np.stack([load_mask(t.masks, m.size_px) if t.masks else np.zeros((m.size_px,) * 2, bool)
+                          for t in ds.test])[keep]
+    fusions = [("the run's choice", None), *((f"weights {o['map_weights']}", o) for o in m.fusion_options())]
+    chosen = m.map_weight.clone()
     rows: list[dict[str, Any]] = []
     for on in (False, True):
         m.position_norm = on
         good = m.calibrate(val)
-        m.map_weight.copy_(chosen)
-        m._fit_global_gain(good)
-        score = torch.cat([m.score_from_raw(maps, g) for maps, g in outs]).numpy()
-        rows.append({"position_norm": on, "map": "fused, the run's choice", "score": round(auroc(labels, score), 4)})
-        for o, sc in zip(options, fusion_scores(m, outs, good, options)):
-            rows.append({"position_norm": on, "map": f"fused, weights {o.get('map_weights')}",
-                         "score": round(auroc(labels, sc), 4)})
-        for k, name in enumerate(names):
+        for label, option in fusions:
+            if option is None:
+                m.map_weight.copy_(chosen)
+                m._fit_global_gain(good)
+            else:
+                m.apply_fusion(option, good)
+            pooled = [m._pool(m._normalise(maps)) for maps, _ in outs]
+            score = torch.cat([m._add_global(s, g) for (_, s), (_, g) in zip(pooled, outs)]).numpy()
+            row = {"position_norm": on, "map": f"fused, {label}", "score": round(auroc(labels, score), 4)}
+            if masks is not None:
+                amap = torch.cat([c for c, _ in pooled])[:, 0].numpy()[keep]
+                row["pixel_auroc"] = round(auroc(masks.ravel(), amap.ravel()), 4)
+                row["aupro"] = round(aupro(masks, amap, 0.3), 4)
+            rows.append(row)
+        for k, name in enumerate(_map_names(m)):
             rows.append({"position_norm": on, "map": f"{name} alone",
                          **_pooled(labels, torch.cat([m._normalise(maps)[k] for maps, _ in outs]))})
     return rows
@@ -215,7 +227,8 @@ def main() -> int:
         rows = diagnose_position_norm(a.run, a.data)
     else:
         rows = diagnose_gaussian(a.data, a.size, [_setting(s) for s in a.sets] or [{}], ensemble=a.ensemble)
-    print(table(rows, ["position_norm", "map", "score", "max", "top1%", "good_residual"], digits=4))
+    cols = ["position_norm", "map", "score", "pixel_auroc", "aupro", "max", "top1%", "good_residual"]
+    print(table(rows, [c for c in cols if any(c in r for r in rows)], digits=4))
     if a.out:
         save(a.out, {"args": {k: str(v) for k, v in vars(a).items()}, "rows": rows})
     return 0
