@@ -61,7 +61,7 @@ def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
     m = state.model.eval()
     if not isinstance(m, EfficientAd):
         raise SystemExit(f"{run}: bench.maps diagnoses EfficientAD runs; this one is {m.family}")
-    ds = open_dataset(data, seed=state.config.seed)
+    ds = open_dataset(data, state.config.val_fraction, seed=state.config.seed)
     images = load_images(ds.test, state.config.size_px)
     labels = np.array([s.label for s in ds.test])
     names = _map_names(m)
@@ -108,7 +108,7 @@ def diagnose_position_norm(run: Path, data: Path, batch: int = 8) -> list[dict[s
 
     state = load_run(run)
     m = state.model.eval()
-    ds = open_dataset(data, seed=state.config.seed)
+    ds = open_dataset(data, state.config.val_fraction, seed=state.config.seed)
     val, test = load_images(ds.val, m.size_px), load_images(ds.test, m.size_px)
     labels = np.array([s.label for s in ds.test])
     outs = [m.raw(test[i : i + batch]) for i in range(0, len(test), batch)]
@@ -117,7 +117,7 @@ def diagnose_position_norm(run: Path, data: Path, batch: int = 8) -> list[dict[s
         keep = np.array([t.label == 0 or bool(t.masks) for t in ds.test])
         masks = np.stack([load_mask(t.masks, m.size_px) if t.masks else np.zeros((m.size_px,) * 2, bool)
                           for t in ds.test])[keep]
-    fusions = [("the run's choice", None), *((f"weights {o['map_weights']}", o) for o in m.fusion_options())]
+    fusions = [("the run's choice", None), *((f"weights {o['map_weights']}", o) for o in m.fusion_options() if o)]
     chosen = m.map_weight.clone()
     rows: list[dict[str, Any]] = []
     for on in (False, True):

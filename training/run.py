@@ -56,5 +56,8 @@ def load_run(run: Path) -> RunState:
     # runs saved before the per-position scale existed: a flat scale scores as they did
     state_dict.setdefault("pos_scale", model.pos_scale)
     model.load_state_dict(state_dict)
+    # a fitted scale is what calibration used (it stays flat when position_norm is off), whatever the default
+    # was when the run was saved
+    model.position_norm = model.position_norm or not bool(torch.all(model.pos_scale == 1))
     model.eval()
     return RunState(model, cfg, float(saved["threshold"]), saved["fingerprint"], saved["meta"])

@@ -100,7 +100,8 @@ def test_snc_codes_only_the_neighbourhood():
 
 @pytest.mark.parametrize("name, params", [("efficientad-tiny", {}), ("efficientad-tiny", {"student_stages": [3]}),
                                           ("efficientad-tiny", {"score_pool": "top", "score_top": 0.05}), ("ast-tiny", {}), ("ast-tiny", {"global_branch": True}),
-                                          ("fcl-tiny", {}), ("fcl-tiny", {"global_branch": False})])
+                                          ("fcl-tiny", {}), ("fcl-tiny", {"global_branch": False}),
+                                          ("efficientad-tiny", {"position_norm": True, "map_weights": [1, 0, 2]})])
 def test_every_family_fits_exports_and_matches_ort(name, params, tiny_data, tmp_path):
     from training.config import FitConfig
     from training.data import open_dataset
@@ -118,6 +119,12 @@ def test_every_family_fits_exports_and_matches_ort(name, params, tiny_data, tmp_
     sess = ort.InferenceSession(str(path))
     assert [i.name for i in sess.get_inputs()] == ["image"]
     assert [(o.name, o.shape) for o in sess.get_outputs()] == [("anomaly_map", [1, 1, 64, 64]), ("score", [1])]
+    if params.get("position_norm"):  # the per-position scale was fitted, exported (parity above) and reloads
+        from training.run import load_run
+
+        loaded = load_run(tmp_path).model
+        assert not torch.all(result.state.model.pos_scale == 1)
+        assert loaded.position_norm and torch.equal(loaded.pos_scale, result.state.model.pos_scale)
 
 
 @pytest.mark.parametrize("name", ["efficientad-tiny", "ast-tiny", "fcl-tiny"])

@@ -129,7 +129,7 @@ class AnomalyModel(nn.Module, ABC):
         if not self.position_norm:
             return m
         scale = self.pos_scale[i][None, None]
-        if scale.shape[-2:] != m.shape[-2:]:  # a constant: the export folds the resize away
+        if scale.shape[-2:] != m.shape[-2:]:  # a resize of a constant, with static sizes in the graph
             scale = F.interpolate(scale, size=(int(m.shape[-2]), int(m.shape[-1])), mode="bilinear", align_corners=False)
         return m / scale
 
@@ -137,9 +137,9 @@ class AnomalyModel(nn.Module, ABC):
         """Per-position mean of good maps Bx1xhxw relative to their overall mean, shrunk toward 1.
 
         A score is a ratio to what good parts show at that position only where the map is a distance (>= 0);
-        a map with negative values keeps a flat scale. On ELPV (texture recipe) every map and fusion gained
-        0.003-0.007 image AUROC; on the synthetic parts it cost 0.03 AUPRO, as the places where parts sit are
-        busy on good images too, so only the texture recipe turns it on (docs/benchmarks.md).
+        a map with negative values keeps a flat scale. On ELPV (texture recipe) every fusion gained 0.003-0.006
+        image AUROC; on the synthetic parts it cost 0.016-0.03 AUPRO, as the places where parts sit are busy on
+        good images too, so only the texture recipe turns it on (docs/benchmarks.md).
         """
         self.pos_scale[i] = 1.0
         if not self.position_norm or float(maps.min()) < 0:
