@@ -101,7 +101,8 @@ def diagnose_position_norm(run: Path, data: Path, batch: int = 8) -> list[dict[s
     ways on the run's held-out good images, image AUROC (and, where the test set has masks, pixel AUROC and
     AUPRO at FPR 0.3) of the run's fusion and of every fusion it offers, and each map alone. The forward
     passes are shared, so a difference is the normalisation's alone."""
-    from training.data import load_mask, open_dataset
+    from training.data import open_dataset
+    from training.evaluate import pixel_masks
     from training.inference import load_images
     from training.metrics import auroc, aupro
     from training.run import load_run
@@ -113,10 +114,9 @@ def diagnose_position_norm(run: Path, data: Path, batch: int = 8) -> list[dict[s
     labels = np.array([s.label for s in ds.test])
     outs = [m.raw(test[i : i + batch]) for i in range(0, len(test), batch)]
     masks = keep = None
-    if ds.has_masks:  # as training.evaluate: good images and the defects that have masks
-        keep = np.array([t.label == 0 or bool(t.masks) for t in ds.test])
-        masks = np.stack([load_mask(t.masks, m.size_px) if t.masks else np.zeros((m.size_px,) * 2, bool)
-                          for t in ds.test])[keep]
+    if ds.has_masks:
+        masks, keep = pixel_masks(ds.test, m.size_px)
+        masks = masks[keep]
     fusions = [("the run's choice", None), *((f"weights {o['map_weights']}", o) for o in m.fusion_options() if o)]
     chosen = m.map_weight.clone()
     rows: list[dict[str, Any]] = []

@@ -7,17 +7,24 @@ from typing import Any
 
 import numpy as np
 
-from training.data import Dataset, load_mask
+from training.data import Dataset, Sample, load_mask
 from training.inference import load_images, score_images
 from training.metrics import aupro, auroc, rates_at_threshold
 from training.report import misses_and_false_alarms
 from training.run import RunState
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "pixel_masks"]
 
 
 def _r(x: float) -> float | None:
     return None if np.isnan(x) else round(float(x), 4)
+
+
+def pixel_masks(test: list[Sample], size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Defect masks of test images (NxSxS, empty for good images) and which images pixel metrics count:
+    the good ones and the defects that have masks."""
+    masks = np.stack([load_mask(t.masks, size_px) if t.masks else np.zeros((size_px, size_px), bool) for t in test])
+    return masks, np.array([t.label == 0 or bool(t.masks) for t in test])
 
 
 def evaluate(state: RunState, data: Dataset) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -50,8 +57,7 @@ def evaluate(state: RunState, data: Dataset) -> tuple[dict[str, Any], dict[str, 
     arrays: dict[str, np.ndarray] = {"scores": scores, "labels": labels, "kinds": kinds, "maps": maps,
                                      "images": images.numpy()}
     if data.has_masks:
-        masks = np.stack([load_mask(t.masks, s) if t.masks else np.zeros((s, s), bool) for t in test])
-        with_mask = np.array([t.label == 0 or bool(t.masks) for t in test])
+        masks, with_mask = pixel_masks(test, s)
         m, a = masks[with_mask], maps[with_mask]
         report["pixel_auroc"] = _r(auroc(m.ravel(), a.ravel()))
         report["aupro_0.3"] = _r(aupro(m, a, 0.3))
