@@ -189,7 +189,8 @@ def _describe_fusion(fusion: dict[str, Any]) -> str:
     if "chosen" not in fusion:
         return f"fusion: the recipe's ({fusion.get('skipped', 'not recorded')})"
     tried = "; ".join(f"{c['map_weights']} {c['selection_auroc']:.3f}" for c in fusion["candidates"])
-    return f"fusion: map weights {fusion['chosen']['map_weights']} chosen on the selection set (AUROC of each: {tried})"
+    line = f"fusion: map weights {fusion['chosen']['map_weights']} chosen on the selection set (AUROC of each: {tried})"
+    return "\n".join([line, *(f"  dropped: {d}" for d in fusion.get("dropped", []))])
 
 
 def _eval_dir(run: Path, data: Path) -> Path:

@@ -155,6 +155,10 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     model.equalize_channels(train)
     good_raw = model.calibrate(val)
     fusion = _choose_fusion(model, val, good_raw, cfg)
+    rebuild, dropped = model.drop_unweighted_branches(fusion.get("chosen") or {})
+    if dropped:
+        cfg = cfg.model_copy(update={"params": {**cfg.params, **rebuild}})  # what load_run builds
+        fusion["dropped"] = dropped
     _, val_scores = score_images(model, val)
     threshold = threshold_at_far(val_scores, cfg.false_alarm_rate)
     meta = {

@@ -68,3 +68,38 @@ def test_fit_records_why_no_fusion_was_chosen_with_few_held_out_images(tiny_run)
 
     fusion = load_run(tiny_run).meta["fusion"]
     assert "held-out good images" in fusion["skipped"]
+
+
+def test_a_branch_the_chosen_fusion_weighs_zero_leaves_the_model_scores_unchanged_and_reloads(tmp_path):
+    from training.config import FitConfig
+    from training.run import RunState, load_run, save_run
+
+    torch.manual_seed(0)
+    cfg = FitConfig(model="efficientad-tiny", params={"pretrained_backbone": False}, size_px=64)
+    model = build_model(cfg.model, cfg.params, cfg.size_px).eval()
+    model.prepare(_goods(12), progress=False)
+    val = _goods(8, seed=1)
+    good_raw = model.calibrate(val)
+    own, without_ae = model.fusion_options()
+    # a fusion that keeps every map drops nothing
+    assert model.drop_unweighted_branches(own) == ({}, []) and model.ae is not None
+    model.apply_fusion(without_ae, good_raw)
+    test = torch.cat([val[:2], _goods(2, seed=5).flip(-1)])
+    with torch.no_grad():
+        before = model(test)
+    n_params = sum(p.numel() for p in model.parameters())
+    rebuild, notes = model.drop_unweighted_branches(without_ae)
+    assert rebuild == {"map_weights": [1.0, 0.0, 2.0]} and "autoencoder" in notes[0]
+    assert model.ae is None and model.student.net[-1].out_channels == model.channels
+    assert len(model.map_weight) == len(model.q_lo) == len(model.pos_scale) == 2
+    assert sum(p.numel() for p in model.parameters()) < n_params
+    with torch.no_grad():
+        after = model(test)
+    assert torch.allclose(before[0], after[0], atol=1e-6) and torch.allclose(before[1], after[1], atol=1e-6)
+    # the saved config rebuilds the smaller model, which scores as before
+    cfg = cfg.model_copy(update={"params": {**cfg.params, **rebuild}})
+    save_run(tmp_path, RunState(model, cfg, 0.5, "fp", {}))
+    loaded = load_run(tmp_path).model
+    assert loaded.ae is None
+    with torch.no_grad():
+        assert torch.allclose(loaded(test)[1], after[1], atol=1e-6)

@@ -215,6 +215,18 @@ class AnomalyModel(nn.Module, ABC):
     def apply_fusion(self, option: dict[str, Any], good: list[RawOutputs]) -> None:
         """Use one of fusion_options(); good = calibrate()'s raw outputs of the held-out good images."""
 
+    def drop_unweighted_branches(self, option: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """After the fusion choice: remove each trained branch whose map `option` weighs 0, so the exported graph
+        no longer computes it. Returns the params that rebuild the smaller model (for the saved config) and a
+        note per branch dropped; ({}, []) when nothing was."""
+        return {}, []
+
+    def _drop_map(self, k: int) -> None:
+        """Forget raw map k's calibration (its weight, quantiles and per-position scale)."""
+        keep = [i for i in range(len(self.map_weight)) if i != k]
+        for name in ("map_weight", "q_lo", "q_hi", "pos_scale"):
+            setattr(self, name, getattr(self, name)[keep].clone())
+
 
 REGISTRY: dict[str, type[AnomalyModel]] = {}
 
