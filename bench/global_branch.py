@@ -38,7 +38,8 @@ def measure(data: Path, out: Path, minutes: float, seed: int) -> list[dict[str, 
     t0 = time.monotonic()
     ds = open_dataset(data, seed=seed)
     # the trained model is all this needs: it scores every map and fusion from its own forward passes
-    cfg = FitConfig(max_minutes=minutes, seed=seed, checkpoint_every=10_000)
+    # every branch kept: this table scores each map alone, the autoencoder's too
+    cfg = FitConfig(max_minutes=minutes, seed=seed, checkpoint_every=10_000, drop_unweighted=False)
     state = train_run(cfg, ds, out, progress=False, export=False, evaluate=False).state
     m = state.model.eval()
     test = ds.test

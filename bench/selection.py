@@ -34,6 +34,9 @@ def measure(run: Path) -> dict[str, Any]:
     from training.selection import fusion_scores, selection_set
 
     state = load_run(run)
+    if (state.meta.get("fusion") or {}).get("dropped"):
+        raise SystemExit(f"{run}: its fit left a branch out of the model, so its fusions cannot all be ranked; "
+                         "train it with `drop_unweighted: false` (as bench.global_branch does)")
     m = state.model
     data = open_dataset(state.meta["dataset"], state.config.val_fraction, state.config.seed)
     goods = load_images(data.val, m.size_px)

@@ -119,7 +119,8 @@ def plan_budget(max_minutes: float, spent_min: float, reserve_min: float, batch_
                  f"({min_steps}): {need}, or expect the training-free Gaussian and global maps to carry the model")
     kept = [f"resolution {size_px} px: the threshold, the exported graph and the device latency are set for it "
             "(--size chooses it)",
-            "every branch of the recipe trains: dropping one changes what the model can see, not only its speed"]
+            "every branch of the recipe trains: dropping one changes what the model can see, not only its speed "
+            "(a branch the fusion chosen after training weighs 0 then leaves the model: fusion.dropped)"]
     return BudgetPlan(max_minutes=max_minutes, before_train_min=round(spent_min, 3), reserve_min=round(reserve_min, 3),
                       train_min=round(train_minutes(max_minutes, spent_min, reserve_min), 3), batch_size=chosen,
                       recipe_batch_size=batch_size, step_s=round(probes[chosen], 3) if chosen in probes else None,

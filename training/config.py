@@ -33,6 +33,8 @@ class FitConfig(BaseModel):
     false_alarm_rate: float = Field(0.005, ge=0, lt=1, description="target false-alarm rate of the threshold on good images")
     select_fusion: bool = Field(True, description="choose how the maps are weighted on held-out good images with "
                                 "synthetic defects (training.selection); off: the recipe's weights")
+    drop_unweighted: bool = Field(True, description="leave out of the model a branch the chosen fusion weighs 0 "
+                                  "(its map scored nothing; the device no longer computes it)")
     max_minutes: float | None = Field(
         None, gt=0, description="budget of the whole fit in minutes (images, teacher features, training, calibration): "
         "the schedule picks the batch by measured step times and fits the lr drop into it (training.budget)")

@@ -70,7 +70,7 @@ def metadata(state: RunState) -> ModelCard:
         threshold=state.threshold,
         false_alarm_rate_target=state.config.false_alarm_rate,
         normalisation=Normalisation(q_lo=m.q_lo.tolist(), q_hi=m.q_hi.tolist(), map_weight=m.map_weight.tolist(),
-                                    score_pool=m.score_pool, score_k=m.score_k),
+                                    score_pool=m.score_pool, score_k=m.score_k, position_norm=m.position_norm),
         training_data_fingerprint=state.fingerprint,
         dataset=state.meta.get("dataset"),
         lineside_version=__version__,

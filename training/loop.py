@@ -22,7 +22,7 @@ from training.models import AnomalyModel, build_model
 from training.models.base import TrainBatch
 from training.precision import training_precision
 from training.report import threshold_basis
-from training.run import RunState, save_run
+from training.run import RunState, load_weights, save_run
 
 __all__ = ["fit"]
 
@@ -78,7 +78,7 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"])
         opt.load_state_dict(state["optim"])
         torch.set_rng_state(state["rng"])
         start, minutes_before = int(state["step"]), float(state.get("minutes", 0.0))
@@ -155,9 +155,11 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     model.equalize_channels(train)
     good_raw = model.calibrate(val)
     fusion = _choose_fusion(model, val, good_raw, cfg)
-    rebuild, dropped = model.drop_unweighted_branches(fusion.get("chosen") or {})
+    rebuild, dropped = model.drop_unweighted_branches(fusion.get("chosen") or {}) if cfg.drop_unweighted else ({}, [])
     if dropped:
-        cfg = cfg.model_copy(update={"params": {**cfg.params, **rebuild}})  # what load_run builds
+        # model.pt's config (what load_run builds); config.yaml keeps what the fit started from, which --resume
+        # rebuilds to load checkpoint.pt (written before the branch left)
+        cfg = cfg.model_copy(update={"params": {**cfg.params, **rebuild}})
         fusion["dropped"] = dropped
     _, val_scores = score_images(model, val)
     threshold = threshold_at_far(val_scores, cfg.false_alarm_rate)

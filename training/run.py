@@ -13,7 +13,7 @@ from training.config import FitConfig
 from training.errors import TrainingError
 from training.models import AnomalyModel, build_model
 
-__all__ = ["RunState", "save_run", "load_run"]
+__all__ = ["RunState", "load_run", "load_weights", "save_run"]
 
 
 @dataclass
@@ -44,6 +44,13 @@ def save_run(out: Path, state: RunState) -> None:
     (out / "train.json").write_text(json.dumps(state.meta, indent=2))
 
 
+def load_weights(model: AnomalyModel, state_dict: dict[str, Any]) -> None:
+    """Load weights saved by this or an earlier release into a freshly built model (runs and checkpoints saved
+    before the per-position scale existed get a flat one, which scores as they did)."""
+    state_dict.setdefault("pos_scale", model.pos_scale)
+    model.load_state_dict(state_dict)
+
+
 def load_run(run: Path) -> RunState:
     """Load a trained run folder (model.pt) back into a calibrated model."""
     p = Path(run) / "model.pt"
@@ -52,10 +59,7 @@ def load_run(run: Path) -> RunState:
     saved = torch.load(p, map_location="cpu", weights_only=False)
     cfg = FitConfig(**saved["config"])
     model = build_model(cfg.model, cfg.params, cfg.size_px, cfg.seed)
-    state_dict = saved["state_dict"]
-    # runs saved before the per-position scale existed: a flat scale scores as they did
-    state_dict.setdefault("pos_scale", model.pos_scale)
-    model.load_state_dict(state_dict)
+    load_weights(model, saved["state_dict"])
     # a fitted scale is what calibration used (it stays flat when position_norm is off), whatever the default
     # was when the run was saved
     model.position_norm = model.position_norm or not bool(torch.all(model.pos_scale == 1))

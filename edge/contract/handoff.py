@@ -64,6 +64,8 @@ class Normalisation(BaseModel):
     map_weight: list[float]
     score_pool: Literal["max", "mean", "top"]
     score_k: int = Field(1, ge=1, description="map pixels averaged by top pooling (1 otherwise)")
+    position_norm: bool = Field(False, description="each raw map divided by its good-image mean per position "
+                                "before the quantiles, so q_lo / q_hi are of the divided maps")
 
 
 class ThresholdBasis(BaseModel):

@@ -30,6 +30,12 @@ def test_fit_resume_and_report(tmp_path, tiny_data):
     assert "warning: threshold from only 6 good images" in r.stdout and "steps of 16.7%" in r.stdout
     # and ends with the command to run next (ux: fit never said)
     assert r.stdout.strip().splitlines()[-1].startswith(f"next: edge-deploy --target cpu {out} --out bundles/run")
+    # a checkpoint an earlier release wrote (before the per-position scale existed) resumes too
+    import torch
+
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    del ckpt["model"]["pos_scale"]
+    torch.save(ckpt, out / "checkpoint.pt")
     r = _run(*common, "--steps", "5", "--resume")
     assert r.returncode == 0, r.stderr
     assert "--resume: the run's recipe, objects" in r.stdout and "recipe auto:" not in r.stdout

@@ -116,6 +116,7 @@ def test_every_family_fits_exports_and_matches_ort(name, params, tiny_data, tmp_
     check_parity(path, result.state.model, load_images(data.test[-3:], 64))  # and on defects; raises if not
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["family"] == name.split("-")[0] and meta["contract_version"] == 1
+    assert meta["normalisation"]["position_norm"] is bool(params.get("position_norm"))
     sess = ort.InferenceSession(str(path))
     assert [i.name for i in sess.get_inputs()] == ["image"]
     assert [(o.name, o.shape) for o in sess.get_outputs()] == [("anomaly_map", [1, 1, 64, 64]), ("score", [1])]

@@ -1,5 +1,7 @@
 """The label-free selection set and the fusion chosen on it."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -70,16 +72,20 @@ def test_fit_records_why_no_fusion_was_chosen_with_few_held_out_images(tiny_run)
     assert "held-out good images" in fusion["skipped"]
 
 
-def test_a_branch_the_chosen_fusion_weighs_zero_leaves_the_model_scores_unchanged_and_reloads(tmp_path):
+@pytest.mark.parametrize("params", [{}, {"position_norm": True}, {"snc": True, "global_weight": 0},
+                                    {"student_stages": [3]}])
+def test_a_branch_the_chosen_fusion_weighs_zero_leaves_the_model_scores_unchanged_and_reloads(params, tmp_path):
     from training.config import FitConfig
     from training.run import RunState, load_run, save_run
 
     torch.manual_seed(0)
-    cfg = FitConfig(model="efficientad-tiny", params={"pretrained_backbone": False}, size_px=64)
+    cfg = FitConfig(model="efficientad-tiny", params={"pretrained_backbone": False, **params}, size_px=64)
     model = build_model(cfg.model, cfg.params, cfg.size_px).eval()
     model.prepare(_goods(12), progress=False)
-    val = _goods(8, seed=1)
+    val = torch.cat([_goods(8, seed=1), _goods(4, seed=2).flip(-2)])  # goods that vary by position
     good_raw = model.calibrate(val)
+    if params.get("position_norm"):
+        assert not torch.all(model.pos_scale == 1)  # a re-indexing mistake would show
     own, without_ae = model.fusion_options()
     # a fusion that keeps every map drops nothing
     assert model.drop_unweighted_branches(own) == ({}, []) and model.ae is not None
@@ -103,3 +109,33 @@ def test_a_branch_the_chosen_fusion_weighs_zero_leaves_the_model_scores_unchange
     assert loaded.ae is None
     with torch.no_grad():
         assert torch.allclose(loaded(test)[1], after[1], atol=1e-6)
+
+
+def test_pdn_m_keeps_its_autoencoder_whatever_the_fusion():
+    # its student ends in a 1x1 over both halves, which a student of half the outputs cannot rebuild
+    model = build_model("efficientad-m", {"pretrained_backbone": False, "teacher": "lite0"}, 64)
+    assert model.drop_unweighted_branches(model.fusion_options()[1]) == ({}, []) and model.ae is not None
+
+
+def test_fit_leaves_out_the_branch_its_chosen_fusion_weighs_zero_and_the_export_matches(tiny_data, tmp_path, monkeypatch):
+    """The fit's path after the choice (config, export parity with ORT, reload, report); the choice itself is
+    forced, as which fusion a tiny model's selection set prefers is not up to the test."""
+    import training.loop
+    from training.config import FitConfig
+    from training.data import open_dataset
+    from training.pipeline import train_run
+    from training.run import load_run
+
+    def choose_without_ae(model, val, good_raw, cfg):
+        option = model.fusion_options()[1]
+        model.apply_fusion(option, good_raw)
+        return {"chosen": option, "candidates": []}
+
+    monkeypatch.setattr(training.loop, "_choose_fusion", choose_without_ae)
+    cfg = FitConfig(model="efficientad-tiny", params={"pretrained_backbone": False}, size_px=64, steps=4, batch_size=2)
+    result = train_run(cfg, open_dataset(tiny_data), tmp_path, progress=False)  # raises if ORT disagrees
+    assert result.state.model.ae is None and result.state.config.params["map_weights"] == [1.0, 0.0, 2.0]
+    assert "autoencoder" in result.report["fusion"]["dropped"][0]
+    assert load_run(tmp_path).model.ae is None
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert len(card["normalisation"]["map_weight"]) == 2

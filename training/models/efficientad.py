@@ -260,7 +260,9 @@ class EfficientAd(AnomalyModel):
             return {}, []
         c, head = self.channels, self.student.net[-1]
         assert isinstance(head, nn.Conv2d) and head.bias is not None
-        smaller = nn.Conv2d(head.in_channels, c, head.kernel_size, padding=head.padding)
+        assert head.stride == (1, 1) and head.groups == 1 and head.dilation == (1, 1)
+        smaller = nn.Conv2d(head.in_channels, c, head.kernel_size, padding=head.padding, device=head.weight.device,
+                            dtype=head.weight.dtype)
         with torch.no_grad():
             smaller.weight.copy_(head.weight[:c])
             smaller.bias.copy_(head.bias[:c])
