@@ -3,7 +3,8 @@ and their fusions, from one model trained at the defaults per dataset.
 
     python -m bench.global_branch --minutes 10 --out bench-out/global
 
-One `edge-train fit` per dataset at the defaults (no params; --minutes sets the budget), then on the test
+One `edge-train fit` per dataset at the defaults (no params; --minutes sets the budget) except
+`drop_unweighted: false`, so the autoencoder's map can be scored alone, then on the test
 set: image AUROC (and per kind) of the student-teacher, autoencoder and Gaussian maps alone (the Gaussian map
 alone is the training-free PaDiM-style baseline on the same features), of the pooled map score without the
 global branch, of the global score alone, and of the fused score at several global weights — all from the same

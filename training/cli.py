@@ -185,7 +185,8 @@ def _cmd_recipes(a: argparse.Namespace) -> int:
 
 
 def _describe_fusion(fusion: dict[str, Any]) -> str:
-    """One line: which map weights the selection set chose, among what, or why nothing was chosen."""
+    """Which map weights the selection set chose, among what, or why nothing was chosen; then a line per branch
+    the choice left out of the model."""
     if "chosen" not in fusion:
         return f"fusion: the recipe's ({fusion.get('skipped', 'not recorded')})"
     tried = "; ".join(f"{c['map_weights']} {c['selection_auroc']:.3f}" for c in fusion["candidates"])

@@ -34,7 +34,8 @@ class FitConfig(BaseModel):
     select_fusion: bool = Field(True, description="choose how the maps are weighted on held-out good images with "
                                 "synthetic defects (training.selection); off: the recipe's weights")
     drop_unweighted: bool = Field(True, description="leave out of the model a branch the chosen fusion weighs 0 "
-                                  "(its map scored nothing; the device no longer computes it)")
+                                  "(EfficientAD-S's autoencoder; efficientad-m keeps it): its map scored nothing, "
+                                  "and the device no longer computes it")
     max_minutes: float | None = Field(
         None, gt=0, description="budget of the whole fit in minutes (images, teacher features, training, calibration): "
         "the schedule picks the batch by measured step times and fits the lr drop into it (training.budget)")

@@ -1,5 +1,5 @@
-"""The training loop: prepare, optimise with checkpoints and a time budget, calibrate maps, choose the fusion
-and set the threshold."""
+"""The training loop: prepare, optimise with checkpoints and a time budget, calibrate maps, choose the fusion,
+leave out a branch it weighs 0, and set the threshold."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ Lineside's choices where the paper cannot apply here: the teacher is a PDN disti
 ImageNet); batch size is configurable (the paper uses 1); an optional per-position Gaussian of the teacher
 features (PaDiM-style: PCA-projected, one covariance per grid cell) adds a third map — a few matrix products,
 no training — and `map_weights` sets how the three maps are combined (texture products do best without the
-autoencoder's global map, docs/benchmarks.md); with a Lite teacher `student_stages` limits the student to the
+autoencoder's global map, docs/benchmarks.md; a map the fusion chosen after training weighs 0 takes its branch
+out of the model: drop_unweighted_branches); with a Lite teacher `student_stages` limits the student to the
 stages its 33 px receptive field can predict (deeper stages' residual on good images is context it never
 sees: measured, the student's error on stage 3 separates ELPV defects far better than on stages 4/5).
 """
