@@ -24,6 +24,7 @@ from torch import nn
 
 from training.errors import TrainConfigError
 from training.models.base import AnomalyModel, FamilyParams, RawOutputs, TrainBatch, register
+from training.models.gaussian import global_gaussian, pca_projection, position_gaussians
 from training.models.pdn import PDN_WIDTHS, Autoencoder, Pdn, equalize_channels, pdn_grid
 from training.models.snc import SncHead
 from training.models.teachers import LiteTarget, default_teacher_path, load_pdn_teacher
@@ -278,23 +279,10 @@ class EfficientAd(AnomalyModel):
 
     def _fit_global(self, x: torch.Tensor) -> None:
         """Gaussian of the images' mean teacher features (PUAD's global branch: a missing, extra or swapped part
-        changes what the image contains, which no local map sees). Ledoit-Wolf shrinkage toward a scaled
-        identity: with tens of images the covariance of hundreds of channels is singular otherwise."""
-        x64 = x.double()
-        mean = x64.mean(dim=0, keepdim=True)
-        c = x64 - mean
-        n, p = c.shape
-        cov = c.T @ c / n
-        mu = cov.diagonal().mean()
-        target = mu * torch.eye(p, dtype=cov.dtype)
-        delta = (cov - target).pow(2).sum() / p
-        # mean over images of |x x^T - S|_F^2 = |x|^4 - 2 x^T S x + |S|_F^2
-        sq = c.pow(2).sum(dim=1)
-        beta = ((sq.pow(2) - 2 * ((c @ cov) * c).sum(dim=1) + cov.pow(2).sum()).mean() / n / p).clamp(max=delta)
-        shrink = float(beta / delta.clamp_min(1e-12))
-        cov = shrink * target + (1 - shrink) * cov + 1e-6 * mu.clamp_min(1e-12) * torch.eye(p, dtype=cov.dtype)
-        self.gl_mean.copy_(mean.float())
-        self.gl_whiten.copy_(torch.linalg.cholesky(torch.linalg.inv(cov)).T.float())  # W^T W = inv(cov)
+        changes what the image contains, which no local map sees)."""
+        mean, whiten = global_gaussian(x)
+        self.gl_mean.copy_(mean)
+        self.gl_whiten.copy_(whiten)
 
     def _gauss_features(self, t_norm: torch.Tensor) -> torch.Tensor:
         """Teacher features pooled to the Gaussian grid and PCA-projected, minus the per-position mean."""
@@ -311,36 +299,15 @@ class EfficientAd(AnomalyModel):
         return w.pow(2).mean(dim=1).T.reshape(b, 1, gh, gw)
 
     def _fit_gaussian(self, t: torch.Tensor) -> None:
-        """PaDiM-style: PCA of the good teacher features, then one covariance per grid position.
-
-        Each position's covariance is shrunk toward the mean of all of them by d/(N+d) (N images, d dims):
-        with few images (60 synthetic parts: pixel AUROC 0.81 -> 0.88) the per-position estimates are noise,
-        with many (370 ELPV cells: image AUROC 0.957 -> 0.956) they carry the aligned product's structure.
-        Stores W per position with W^T W = inv(cov), so the map is |W z|^2 / d: batched matrix products only.
-        """
+        """PaDiM-style: PCA of the good teacher features (pooled to the Gaussian grid), then one covariance per
+        grid position, stored as whitenings so the map is |W z|^2 / d: batched matrix products only."""
         d = self.g_proj.shape[0]
         pooled = F.avg_pool2d(t, self.g_pool) if self.g_pool > 1 else t
-        flat = pooled.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
         if d < t.shape[1]:
-            # exact PCA (eigh of the channel covariance): torch.pca_lowrank is randomised and its approximation
-            # moved ELPV poly AUROC by ~0.01 between runs at 128 of 232 dimensions (measured)
-            x64 = flat.double()
-            centred = x64 - x64.mean(dim=0)
-            _, vec = torch.linalg.eigh(centred.T @ centred)
-            self.g_proj.copy_(vec.flip(1)[:, :d].T.float().reshape(d, -1, 1, 1))
-        self.g_mean.zero_()
-        z = F.conv2d(pooled, self.g_proj)
-        mean = z.mean(dim=0, keepdim=True)
-        n, _, gh, gw = z.shape
-        x = (z - mean).permute(2, 3, 0, 1).reshape(gh * gw, n, d).double()
-        cov = x.transpose(1, 2) @ x / max(n - 1, 1)
-        shared = cov.mean(dim=0, keepdim=True)
-        lam = d / (n + d)
-        cov = (1 - lam) * cov + lam * shared
-        cov += 1e-3 * shared.diagonal(dim1=1, dim2=2).mean().clamp_min(1e-12) * torch.eye(d, dtype=cov.dtype)
-        chol = torch.linalg.cholesky(torch.linalg.inv(cov))  # inv = L L^T -> W = L^T
+            self.g_proj.copy_(pca_projection(pooled, d))
+        mean, whiten = position_gaussians(F.conv2d(pooled, self.g_proj))
         self.g_mean.copy_(mean)
-        self.g_whiten.copy_(chol.transpose(1, 2).float())
+        self.g_whiten.copy_(whiten)
 
     def raw_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
         return self.raw(image)[0]
