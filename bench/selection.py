@@ -3,7 +3,8 @@
     python -m bench.selection RUN [RUN ...] --out bench-out/selection
 
 For each trained run (e.g. bench.global_branch's runs at the defaults), every fusion in a grid (the map
-weights the model offers x global weights) is scored twice from the same forward passes: on the selection
+weights the model offers, each also with the Gaussian map's weight set to every GAUSSIAN_WEIGHTS value, x
+global weights when the model has the global branch) is scored twice from the same forward passes: on the selection
 set that `edge-train fit` builds from the held-out good images (training.selection), and on the run's labelled
 test set. Prints per run the Spearman rank correlation of the two, the fusion the selection set picks, its
 test AUROC and the best test AUROC of the grid; writes JSON.
@@ -20,6 +21,9 @@ import numpy as np
 from bench.common import machine, save, table
 
 GLOBAL_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+# the Gaussian map's weight (the student-teacher map's is 1): the axis the texture recipe's two options differ
+# on, widened so a rank correlation has more than two points
+GAUSSIAN_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 def measure(run: Path) -> dict[str, Any]:
@@ -48,6 +52,8 @@ def measure(run: Path) -> dict[str, Any]:
         sel_raw = [m.raw(sel_images[i : i + 8]) for i in range(0, len(sel_images), 8)]
         test_raw = [m.raw(test_images[i : i + 8]) for i in range(0, len(test_images), 8)]
         maps = {tuple(o["map_weights"]) for o in m.fusion_options()}
+        if getattr(m, "use_gauss", False):  # EfficientAD with its Gaussian map
+            maps |= {(*mw[:-1], g) for mw in maps for g in GAUSSIAN_WEIGHTS}
         has_global = any(o["global_weight"] > 0 for o in m.fusion_options())
         grid = [{"map_weights": list(mw), "global_weight": w}
                 for mw in sorted(maps, reverse=True) for w in (GLOBAL_WEIGHTS if has_global else (0.0,))]
