@@ -8,7 +8,9 @@ when that buys fewer than `budget_min_steps` at the recipe's batch is the batch 
 while the measured step gets shorter. The default floor is low on purpose: on the synthetic parts at 5
 minutes, the objects recipe's batch 8 for 39 steps (AUPRO 0.931) was not beaten by batch 2 for 173 steps
 (0.924), both at image AUROC 1.000 (docs/benchmarks.md) — images seen, not steps, carry this model, so the
-batch is traded only where a budget buys fewer than 30 steps, below anything measured to work."""
+batch is traded only where a budget buys fewer than 30 steps, below anything measured to work. The resolution
+is never traded: at 5 minutes on one core, 192 px bought 37 steps and localised worse than 256 px's 15 (AUPRO
+0.908 vs 0.933, both image AUROC 1.000), and it sets the device latency and what defects the model can see."""
 
 from __future__ import annotations
 
@@ -118,7 +120,7 @@ def plan_budget(max_minutes: float, spent_min: float, reserve_min: float, batch_
         short = (f"--max-minutes {max_minutes:g} buys ~{steps} training steps, fewer than budget_min_steps "
                  f"({min_steps}): {need}, or expect the training-free Gaussian and global maps to carry the model")
     kept = [f"resolution {size_px} px: the threshold, the exported graph and the device latency are set for it "
-            "(--size chooses it)",
+            "(--size chooses it); a lower one buys steps but localised worse (docs/benchmarks.md)",
             "every branch of the recipe trains: dropping one changes what the model can see, not only its speed "
             "(a branch the fusion chosen after training weighs 0 then leaves the model: fusion.dropped)"]
     return BudgetPlan(max_minutes=max_minutes, before_train_min=round(spent_min, 3), reserve_min=round(reserve_min, 3),
