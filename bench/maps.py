@@ -43,7 +43,7 @@ def _map_names(m: Any) -> list[str]:
     from training.models.efficientad import EfficientAd
 
     if isinstance(m, EfficientAd):
-        return ["student-teacher"] + (["autoencoder"] if m.use_ae else []) + (["gaussian"] if m.use_gauss else [])
+        return ["student-teacher"] * m.use_student + ["autoencoder"] * m.use_ae + ["gaussian"] * m.use_gauss
     return [f"map {k}" for k in range(len(m.map_weight))]
 
 
@@ -72,6 +72,8 @@ def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
         fused.append(fused_map)
         scores.append(score)
         per_map.append(m.normalised_maps(x))
+        if m.student is None:  # its fit left the student out: the Gaussian map is the model
+            continue
         t = m._teacher(x)
         t = t if m.st_channels is None else t[:, m.st_channels]
         st_err.append((t - m.student(x)[:, : m.channels]).pow(2))
@@ -81,8 +83,8 @@ def diagnose_run(run: Path, data: Path, batch: int = 8) -> list[dict[str, Any]]:
             {"map": "fused map", **_pooled(labels, torch.cat(fused))}]
     for k, name in enumerate(names):
         rows.append({"map": name, **_pooled(labels, torch.cat([c[k] for c in per_map]))})
-    err = torch.cat(st_err)
-    if hasattr(m.teacher, "backbone"):
+    if st_err and hasattr(m.teacher, "backbone"):
+        err = torch.cat(st_err)
         stages = m.params.student_stages or m.params.teacher_stages
         widths = [w for s, w in zip(m.params.teacher_stages, m.teacher.backbone.channels) if s in stages]
         start = 0

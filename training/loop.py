@@ -62,6 +62,7 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     device = _device(cfg.device)
     model = build_model(cfg.model, cfg.params, cfg.size_px, cfg.seed)
+    model.trainable_parameters()  # raises for a config with nothing to train, before minutes of feature caching
     train = load_images(data.train, cfg.size_px)
     val = load_images(data.val, cfg.size_px)
     model.prepare(train, progress=progress)

@@ -51,9 +51,9 @@ def test_fusion_choice_scores_each_option_applies_the_best_and_keeps_the_recipe_
     options = model.fusion_options()
     assert [{k: v for k, v in c.items() if k != "selection_auroc"} for c in res["candidates"]] == options
     assert [o["map_weights"] for o in options] == [[1.0, 1.0, 1.0], [1.0, 0.0, 2.0]]
-    # without the autoencoder (texture recipe) the Gaussian-led fusion is offered too
+    # without the autoencoder (texture recipe) the Gaussian-led fusion and the Gaussian alone are offered too
     texture = build_model("efficientad-tiny", {"pretrained_backbone": False, "map_weights": [1, 0, 2]}, 64)
-    assert [o["map_weights"] for o in texture.fusion_options()] == [[1.0, 0.0, 2.0], [1.0, 0.0, 16.0]]
+    assert [o["map_weights"] for o in texture.fusion_options()] == [[1.0, 0.0, 2.0], [1.0, 0.0, 16.0], [0.0, 0.0, 2.0]]
     best = max(c["selection_auroc"] for c in res["candidates"])
     first_best = next(c for c in res["candidates"] if c["selection_auroc"] == best)
     assert res["chosen"]["map_weights"] == first_best["map_weights"]
@@ -139,3 +139,80 @@ def test_fit_leaves_out_the_branch_its_chosen_fusion_weighs_zero_and_the_export_
     assert load_run(tmp_path).model.ae is None
     card = json.loads((tmp_path / "model.json").read_text())
     assert len(card["normalisation"]["map_weight"]) == 2
+
+
+@pytest.mark.parametrize("params", [{}, {"position_norm": True}, {"student_stages": [3]}])
+def test_a_student_the_chosen_fusion_weighs_zero_leaves_the_model_scores_unchanged_and_reloads(params, tmp_path):
+    from training.config import FitConfig
+    from training.run import RunState, load_run, save_run
+
+    torch.manual_seed(0)
+    cfg = FitConfig(model="efficientad-tiny", params={"pretrained_backbone": False, "map_weights": [1, 0, 2],
+                                                      "global_weight": 0.5, **params}, size_px=64)
+    model = build_model(cfg.model, cfg.params, cfg.size_px).eval()
+    model.prepare(_goods(12), progress=False)
+    val = torch.cat([_goods(8, seed=1), _goods(4, seed=2).flip(-2)])
+    good_raw = model.calibrate(val)
+    gaussian_alone = model.fusion_options()[-1]
+    assert gaussian_alone["map_weights"][0] == 0
+    model.apply_fusion(gaussian_alone, good_raw)
+    test = torch.cat([val[:2], _goods(2, seed=5).flip(-1)])
+    with torch.no_grad():
+        before = model(test)
+    rebuild, notes = model.drop_unweighted_branches(gaussian_alone)
+    assert rebuild == {"map_weights": [0.0, 0.0, 2.0]} and notes[0].startswith("student:")
+    assert model.student is None and not any(p.requires_grad for p in model.parameters())
+    assert len(model.map_weight) == len(model.q_lo) == len(model.pos_scale) == 1
+    with torch.no_grad():
+        after = model(test)
+    assert torch.allclose(before[0], after[0], atol=1e-6) and torch.allclose(before[1], after[1], atol=1e-6)
+    cfg = cfg.model_copy(update={"params": {**cfg.params, **rebuild}})
+    save_run(tmp_path, RunState(model, cfg, 0.5, "fp", {}))
+    loaded = load_run(tmp_path).model
+    assert loaded.student is None
+    with torch.no_grad():
+        assert torch.allclose(loaded(test)[1], after[1], atol=1e-6)
+
+
+def test_a_config_with_nothing_to_train_is_refused_before_the_features_are_cached(tiny_data, tmp_path, monkeypatch):
+    from training.config import FitConfig
+    from training.data import open_dataset
+    from training.errors import TrainConfigError
+    from training.loop import fit
+    from training.models.efficientad import EfficientAd
+
+    def never(*_):
+        raise AssertionError("prepare() ran")
+
+    monkeypatch.setattr(EfficientAd, "prepare", never)
+    cfg = FitConfig(model="efficientad-tiny", params={"pretrained_backbone": False, "map_weights": [0, 0, 1]},
+                    size_px=64, steps=2)
+    with pytest.raises(TrainConfigError, match="nothing trains"):
+        fit(cfg, open_dataset(tiny_data), tmp_path, progress=False)
+    # without the Gaussian map there is no model at all
+    with pytest.raises(TrainConfigError, match="must be > 0"):
+        build_model("efficientad-tiny", {"pretrained_backbone": False, "map_weights": [0, 1, 1]}, 64)
+
+
+def test_fit_leaves_out_a_student_its_chosen_fusion_weighs_zero_and_the_export_matches(tiny_data, tmp_path,
+                                                                                       monkeypatch):
+    import training.loop
+    from training.config import FitConfig
+    from training.data import open_dataset
+    from training.pipeline import train_run
+    from training.run import load_run
+
+    def choose_gaussian_alone(model, val, good_raw, cfg):
+        option = model.fusion_options()[-1]
+        model.apply_fusion(option, good_raw)
+        return {"chosen": option, "candidates": []}
+
+    monkeypatch.setattr(training.loop, "_choose_fusion", choose_gaussian_alone)
+    cfg = FitConfig(model="efficientad-tiny", params={"pretrained_backbone": False, "map_weights": [1, 0, 2]},
+                    size_px=64, steps=4, batch_size=2)
+    result = train_run(cfg, open_dataset(tiny_data), tmp_path, progress=False)  # raises if ORT disagrees
+    assert result.state.model.student is None and result.state.config.params["map_weights"] == [0.0, 0.0, 2.0]
+    assert result.report["fusion"]["dropped"][0].startswith("student:")
+    assert load_run(tmp_path).model.student is None
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert len(card["normalisation"]["map_weight"]) == 1

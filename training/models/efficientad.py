@@ -25,7 +25,7 @@ from torch import nn
 from training.errors import TrainConfigError
 from training.models.base import AnomalyModel, FamilyParams, RawOutputs, TrainBatch, register
 from training.models.gaussian import global_gaussian, pca_projection, position_gaussians
-from training.models.pdn import PDN_WIDTHS, Autoencoder, Pdn, equalize_channels, pdn_grid
+from training.models.pdn import PDN_WIDTHS, Autoencoder, Pdn, equalize_channels, keep_outputs, pdn_grid
 from training.models.snc import SncHead
 from training.models.teachers import LiteTarget, default_teacher_path, load_pdn_teacher
 from training.penalty import PenaltyImages
@@ -145,9 +145,12 @@ class EfficientAd(AnomalyModel):
         self.params = params
         self.use_ae = params.map_weights[1] > 0
         self.use_gauss = params.gaussian and params.map_weights[2] > 0
-        if params.map_weights[0] <= 0:
+        # 0 only in the config of a fit whose chosen fusion left the student out (drop_unweighted_branches)
+        self.use_student = params.map_weights[0] > 0
+        if not self.use_student and (self.use_ae or not self.use_gauss):
             raise TrainConfigError("params.map_weights: the student-teacher map (first weight) must be > 0")
-        weights = [params.map_weights[0]] + [w for w, on in zip(params.map_weights[1:], (self.use_ae, self.use_gauss)) if on]
+        on = (self.use_student, self.use_ae, self.use_gauss)
+        weights = [w for w, used in zip(params.map_weights, on) if used]
         super().__init__(size_px, n_maps=len(weights), params=params)
         self.map_weight.copy_(torch.tensor(weights) / sum(weights))
         self.grid = pdn_grid(size_px)
@@ -172,7 +175,7 @@ class EfficientAd(AnomalyModel):
         channels = t_channels if self.st_channels is None else len(self.st_channels)
         g_channels = t_channels if self.g_channels is None else len(self.g_channels)
         self.channels = channels
-        self.student = Pdn(2 * channels if self.use_ae else channels, PDN_WIDTHS[params.size])
+        self.student = Pdn(2 * channels if self.use_ae else channels, PDN_WIDTHS[params.size]) if self.use_student else None
         self.ae = Autoencoder(size_px, channels, self.grid) if self.use_ae else None
         self.snc = SncHead(channels) if params.snc else None
         self.register_buffer("t_mean", torch.zeros(1, t_channels, 1, 1))
@@ -199,6 +202,12 @@ class EfficientAd(AnomalyModel):
         for net in (self.teacher, self.student):
             if isinstance(net, Pdn):
                 equalize_channels(net, good_images)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        if self.student is None:
+            raise TrainConfigError("params.map_weights: the first weight (the student-teacher map) is 0, so nothing "
+                                   "trains; set it > 0 (a fit leaves the student out when its chosen fusion weighs it 0)")
+        return super().trainable_parameters()
 
     def _teacher(self, image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -237,45 +246,50 @@ class EfficientAd(AnomalyModel):
         st, ae, gauss = own
         if self.use_ae:  # without the autoencoder's map: textures have no context for it to learn (ELPV)
             options.append([st, 0.0, 2 * gauss] if self.use_gauss else [st, 0.0, 0.0])
-        if self.use_gauss and not self.use_ae:
+        if self.use_gauss and not self.use_ae and self.use_student:
             # textures: the Gaussian nearly alone, as a student a short budget barely trained adds noise (ELPV
-            # poly at 10 min: 0.936 vs 0.930). Not with the autoencoder: on the synthetic parts the selection set
-            # preferred it at equal image AUROC and it cost 0.02 AUPRO (localisation it cannot see)
-            options.append([st, ae, 8 * gauss])
+            # poly at 10 min: 0.936 vs 0.930), or alone: a student that adds nothing then leaves the model, and
+            # with it most of the device's time (drop_unweighted_branches). Not with the autoencoder: on the
+            # synthetic parts the selection set preferred it at equal image AUROC and it cost 0.02 AUPRO
+            options += [[st, ae, 8 * gauss], [0.0, ae, gauss]]
         return [{"map_weights": m, "global_weight": self.params.global_weight} for m in options]
 
     def apply_fusion(self, option: dict[str, Any], good: list[RawOutputs]) -> None:
         if not option:
             return
         st, ae, gauss = option["map_weights"]
-        present = [st] + [ae] * self.use_ae + [gauss] * self.use_gauss
+        present = [st] * self.use_student + [ae] * self.use_ae + [gauss] * self.use_gauss
         self.map_weight.copy_(torch.tensor(present) / sum(present))
         self._global_w = float(option["global_weight"])
         self._fit_global_gain(good)
 
     def drop_unweighted_branches(self, option: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        if not option:
+            return {}, []
+        weights = tuple(float(w) for w in option["map_weights"])
+        notes = []
         # the autoencoder's map entered the score times 0: without it (and the student's half that regresses it)
         # every output is the same, and the device skips about a sixth of the MACs (PDN-S objects model at
         # 256 px: 38.6 -> 32.5 GMAC). PDN-M keeps it: its student ends in a 1x1 over both halves, which Pdn(c)
         # cannot rebuild.
-        if not option or not self.use_ae or option["map_weights"][1] > 0 or len(PDN_WIDTHS[self.params.size]) != 3:
+        if self.use_ae and weights[1] <= 0 and len(PDN_WIDTHS[self.params.size]) == 3:
+            assert self.student is not None
+            keep_outputs(self.student, self.channels)
+            self.ae, self.use_ae = None, False
+            self._drop_map(1)
+            notes.append(f"autoencoder: the chosen fusion {list(weights)} weighs its map 0, so it and the student's "
+                         "half that regresses it are left out of the model and its exported graph (scores unchanged)")
+        # the Gaussian map alone: the student was most of the texture recipe's device time (ORT INT8: 64 %)
+        if self.use_student and not self.use_ae and weights[0] <= 0:
+            self.student, self.use_student = None, False
+            self._drop_map(0)
+            notes.append(f"student: the chosen fusion {list(weights)} weighs its map 0 (the training-free maps "
+                         "scored best without it), so the trained student is left out of the model and its exported "
+                         "graph (scores unchanged)")
+        if not notes:
             return {}, []
-        c, head = self.channels, self.student.net[-1]
-        assert isinstance(head, nn.Conv2d) and head.bias is not None
-        assert head.stride == (1, 1) and head.groups == 1 and head.dilation == (1, 1)
-        smaller = nn.Conv2d(head.in_channels, c, head.kernel_size, padding=head.padding, device=head.weight.device,
-                            dtype=head.weight.dtype)
-        with torch.no_grad():
-            smaller.weight.copy_(head.weight[:c])
-            smaller.bias.copy_(head.bias[:c])
-        self.student.net[-1] = smaller
-        self.ae, self.use_ae = None, False
-        self._drop_map(1)
-        weights = tuple(float(w) for w in option["map_weights"])
         self.params = self.params.model_copy(update={"map_weights": weights})
-        note = (f"autoencoder: the chosen fusion {list(weights)} weighs its map 0, so it and the student's half "
-                "that regresses it are left out of the model and its exported graph (scores unchanged)")
-        return {"map_weights": list(weights)}, [note]
+        return {"map_weights": list(weights)}, notes
 
     def _fit_global(self, x: torch.Tensor) -> None:
         """Gaussian of the images' mean teacher features (PUAD's global branch: a missing, extra or swapped part
@@ -314,14 +328,16 @@ class EfficientAd(AnomalyModel):
 
     def raw(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         t_norm = self._teacher(image)
-        s = self.student(image)
-        c = self.channels
-        t, s_st = _pick(t_norm, self.st_channels), s[:, :c]
-        if self.snc is not None:
-            t, s_st = self.snc(t), self.snc(s_st)
-        maps = [(t - s_st).pow(2).mean(dim=1, keepdim=True)]
-        if self.ae is not None:
-            maps.append((self.ae(image) - s[:, c:]).pow(2).mean(dim=1, keepdim=True))
+        maps = []
+        if self.student is not None:
+            s = self.student(image)
+            c = self.channels
+            t, s_st = _pick(t_norm, self.st_channels), s[:, :c]
+            if self.snc is not None:
+                t, s_st = self.snc(t), self.snc(s_st)
+            maps.append((t - s_st).pow(2).mean(dim=1, keepdim=True))
+            if self.ae is not None:
+                maps.append((self.ae(image) - s[:, c:]).pow(2).mean(dim=1, keepdim=True))
         if self.use_gauss:
             maps.append(self._gauss_map(t_norm))
         if self.params.global_weight <= 0:
@@ -343,6 +359,7 @@ class EfficientAd(AnomalyModel):
         n_product = sum(len(x) for x in inputs)
         if self._penalty is not None:
             inputs.append(self._penalty.sample(p.penalty_batch))
+        assert self.student is not None, "trainable_parameters() refuses a model without a student"
         s_all = self.student(torch.cat(inputs))
         s_st = s_all[:b, :c]
         t_cmp, s_cmp = (self.snc(t), self.snc(s_st)) if self.snc is not None else (t, s_st)

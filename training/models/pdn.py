@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Pdn", "Autoencoder", "pdn_grid", "PDN_WIDTHS", "equalize_channels"]
+__all__ = ["Pdn", "Autoencoder", "pdn_grid", "PDN_WIDTHS", "equalize_channels", "keep_outputs"]
 
 # widths of the hidden convs per size; "tiny" exists for tests and smoke runs only
 PDN_WIDTHS: dict[str, tuple[int, ...]] = {"s": (128, 256, 256), "m": (256, 512, 512, 512), "tiny": (16, 32, 32)}
@@ -53,6 +53,19 @@ class Pdn(nn.Module):
         mean = image.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
         std = image.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         return self.net((image - mean) / std)
+
+
+@torch.no_grad()
+def keep_outputs(pdn: Pdn, c: int) -> None:
+    """Slice the PDN's last convolution to its first c output channels: the same outputs there, fewer computed."""
+    head = pdn.net[-1]
+    assert isinstance(head, nn.Conv2d) and head.bias is not None
+    assert head.stride == (1, 1) and head.groups == 1 and head.dilation == (1, 1)
+    smaller = nn.Conv2d(head.in_channels, c, head.kernel_size, padding=head.padding, device=head.weight.device,
+                        dtype=head.weight.dtype)
+    smaller.weight.copy_(head.weight[:c])
+    smaller.bias.copy_(head.bias[:c])
+    pdn.net[-1] = smaller
 
 
 @torch.no_grad()
