@@ -17,6 +17,22 @@ def _goods(n: int, seed: int = 0) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
+def _scores_unchanged_and_reloads(model, cfg, rebuild, test, before, tmp_path):
+    """After drop_unweighted_branches: the same map and score as before, and the saved config (with the
+    rebuild params) rebuilds a model that scores the same; returns that reloaded model."""
+    from training.run import RunState, load_run, save_run
+
+    with torch.no_grad():
+        after = model(test)
+    assert torch.allclose(before[0], after[0], atol=1e-6) and torch.allclose(before[1], after[1], atol=1e-6)
+    cfg = cfg.model_copy(update={"params": {**cfg.params, **rebuild}})
+    save_run(tmp_path, RunState(model, cfg, 0.5, "fp", {}))
+    loaded = load_run(tmp_path).model
+    with torch.no_grad():
+        assert torch.allclose(loaded(test)[1], after[1], atol=1e-6)
+    return loaded
+
+
 def test_selection_set_holds_the_goods_then_graded_structural_and_logical_defects():
     goods = _goods(5)
     images, labels = selection_set(goods)
@@ -76,7 +92,6 @@ def test_fit_records_why_no_fusion_was_chosen_with_few_held_out_images(tiny_run)
                                     {"student_stages": [3]}])
 def test_a_branch_the_chosen_fusion_weighs_zero_leaves_the_model_scores_unchanged_and_reloads(params, tmp_path):
     from training.config import FitConfig
-    from training.run import RunState, load_run, save_run
 
     torch.manual_seed(0)
     cfg = FitConfig(model="efficientad-tiny", params={"pretrained_backbone": False, **params}, size_px=64)
@@ -99,16 +114,7 @@ def test_a_branch_the_chosen_fusion_weighs_zero_leaves_the_model_scores_unchange
     assert model.ae is None and model.student.net[-1].out_channels == model.channels
     assert len(model.map_weight) == len(model.q_lo) == len(model.pos_scale) == 2
     assert sum(p.numel() for p in model.parameters()) < n_params
-    with torch.no_grad():
-        after = model(test)
-    assert torch.allclose(before[0], after[0], atol=1e-6) and torch.allclose(before[1], after[1], atol=1e-6)
-    # the saved config rebuilds the smaller model, which scores as before
-    cfg = cfg.model_copy(update={"params": {**cfg.params, **rebuild}})
-    save_run(tmp_path, RunState(model, cfg, 0.5, "fp", {}))
-    loaded = load_run(tmp_path).model
-    assert loaded.ae is None
-    with torch.no_grad():
-        assert torch.allclose(loaded(test)[1], after[1], atol=1e-6)
+    assert _scores_unchanged_and_reloads(model, cfg, rebuild, test, before, tmp_path).ae is None
 
 
 def test_pdn_m_keeps_its_autoencoder_whatever_the_fusion():
@@ -144,7 +150,6 @@ def test_fit_leaves_out_the_branch_its_chosen_fusion_weighs_zero_and_the_export_
 @pytest.mark.parametrize("params", [{}, {"position_norm": True}, {"student_stages": [3]}])
 def test_a_student_the_chosen_fusion_weighs_zero_leaves_the_model_scores_unchanged_and_reloads(params, tmp_path):
     from training.config import FitConfig
-    from training.run import RunState, load_run, save_run
 
     torch.manual_seed(0)
     cfg = FitConfig(model="efficientad-tiny", params={"pretrained_backbone": False, "map_weights": [1, 0, 2],
@@ -163,15 +168,7 @@ def test_a_student_the_chosen_fusion_weighs_zero_leaves_the_model_scores_unchang
     assert rebuild == {"map_weights": [0.0, 0.0, 2.0]} and notes[0].startswith("student:")
     assert model.student is None and not any(p.requires_grad for p in model.parameters())
     assert len(model.map_weight) == len(model.q_lo) == len(model.pos_scale) == 1
-    with torch.no_grad():
-        after = model(test)
-    assert torch.allclose(before[0], after[0], atol=1e-6) and torch.allclose(before[1], after[1], atol=1e-6)
-    cfg = cfg.model_copy(update={"params": {**cfg.params, **rebuild}})
-    save_run(tmp_path, RunState(model, cfg, 0.5, "fp", {}))
-    loaded = load_run(tmp_path).model
-    assert loaded.student is None
-    with torch.no_grad():
-        assert torch.allclose(loaded(test)[1], after[1], atol=1e-6)
+    assert _scores_unchanged_and_reloads(model, cfg, rebuild, test, before, tmp_path).student is None
 
 
 def test_a_config_with_nothing_to_train_is_refused_before_the_features_are_cached(tiny_data, tmp_path, monkeypatch):
