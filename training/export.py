@@ -44,7 +44,7 @@ def check_parity(onnx_path: Path, model: nn.Module, images: torch.Tensor, tol: f
         for img in images:
             x = img[None].contiguous()
             t_map, t_score = model(x)
-            o_map, o_score = sess.run(["anomaly_map", "score"], {"image": x.numpy()})
+            o_map, o_score = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()})
             if o_map.shape != tuple(t_map.shape) or o_score.shape != tuple(t_score.shape):
                 raise ExportError(f"{onnx_path}: ORT output shapes {o_map.shape}, {o_score.shape} break the contract")
             scale = max(1.0, float(t_score.abs().max()))
@@ -109,8 +109,9 @@ def export_onnx(state: RunState, out_dir: Path, parity_images: torch.Tensor | No
 def _static_outputs(proto: Any, s: int) -> Any:
     """Write the contract's static output shapes into the graph (the tracer leaves them symbolic);
     the parity check then confirms ORT really produces these shapes."""
+    spec = output_spec(s)
     for v in proto.graph.output:
-        want = [1, 1, s, s] if v.name == "anomaly_map" else [1]
+        want = spec[v.name]["shape"]
         dims = v.type.tensor_type.shape.dim
         while len(dims) > len(want):
             dims.pop()
@@ -124,16 +125,23 @@ def _static_outputs(proto: Any, s: int) -> Any:
 
 
 def _check_contract(proto: Any, s: int, path: Path) -> None:
-    def shape(v: Any) -> list[int]:
-        return [d.dim_value for d in v.type.tensor_type.shape.dim]
+    """Raise ExportError unless the graph's inputs and outputs are the contract's names, float32 and shapes."""
+    import onnx
+
+    def described(v: Any) -> str:
+        return f"{onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)}{_shape(v)}"
 
     ins = {v.name: v for v in proto.graph.input}
     outs = {v.name: v for v in proto.graph.output}
-    expected = {"image": [1, 3, s, s]}
-    for name, want in expected.items():
-        if name not in ins or shape(ins[name]) != want:
-            raise ExportError(f"{path}: input '{name}' must be float32{want}, got {list(ins)}")
-    for name, want in {"anomaly_map": [1, 1, s, s], "score": [1]}.items():
-        if name not in outs or shape(outs[name]) != want:
-            got = shape(outs[name]) if name in outs else "missing"
-            raise ExportError(f"{path}: output '{name}' must be float32{want}, got {got}")
+    inp = input_spec(s)
+    wanted = [("input", ins, INPUT_NAME, inp["shape"])]
+    wanted += [("output", outs, name, o["shape"]) for name, o in output_spec(s).items()]
+    for kind, have, name, shape in wanted:
+        v = have.get(name)
+        if v is None or _shape(v) != shape or v.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            got = described(v) if v is not None else f"missing (the graph's {kind}s: {sorted(have)})"
+            raise ExportError(f"{path}: {kind} '{name}' must be float32{shape}, got {got}")
+
+
+def _shape(v: Any) -> list[int]:
+    return [d.dim_value for d in v.type.tensor_type.shape.dim]

@@ -47,8 +47,9 @@ def _save_checkpoint(path: Path, model: AnomalyModel, opt: torch.optim.Optimizer
 
 
 def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress: bool = True) -> RunState:
-    """Train, calibrate and save a model under out/ (model.pt, train.json, checkpoint.pt); returns it.
+    """Train, calibrate and save a model under out/ (config.yaml, model.pt, train.json, checkpoint.pt); returns it.
 
+    resume continues from checkpoint.pt and refuses a cfg that builds another model than config.yaml records.
     The threshold comes from held-out good images only, at cfg.false_alarm_rate. training.pipeline.train_run
     adds the export and the report; call fit alone only where the trained model is all that is needed.
     """
@@ -59,6 +60,9 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     _seed_everything(cfg.seed)
+    ckpt = out / "checkpoint.pt"
+    if resume and ckpt.is_file():
+        _refuse_another_model(out / "config.yaml", cfg)  # before config.yaml is rewritten: it is the record
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     device = _device(cfg.device)
     model = build_model(cfg.model, cfg.params, cfg.size_px, cfg.seed)
@@ -76,9 +80,9 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, minutes_before = 0, 0.0
-    ckpt = out / "checkpoint.pt"
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        # on the CPU: torch.set_rng_state takes a CPU tensor only, and the optimiser's state follows its parameters
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
         load_weights(model, state["model"])
         opt.load_state_dict(state["optim"])
         torch.set_rng_state(state["rng"])
@@ -137,7 +141,7 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
         batch_size = plan.batch_size
         if progress:
             print(plan.summary())
-    total = min(cfg.steps, step + plan.steps_planned) if plan else cfg.steps
+    total = min(cfg.steps, start + plan.steps_planned) if plan else cfg.steps  # the plan counts its probe steps
     bar = tqdm(desc=f"train {cfg.model}", disable=not progress, initial=step, total=total)
     while step < cfg.steps:
         if train_budget is not None and minutes() > train_budget and step > start:
@@ -158,8 +162,8 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     fusion = _choose_fusion(model, val, good_raw, cfg)
     rebuild, dropped = model.drop_unweighted_branches(fusion.get("chosen") or {}) if cfg.drop_unweighted else ({}, [])
     if dropped:
-        # model.pt's config (what load_run builds); config.yaml keeps what the fit started from, which --resume
-        # rebuilds to load checkpoint.pt (written before the branch left)
+        # model.pt's config (what load_run builds); config.yaml keeps what the fit started from, the model
+        # checkpoint.pt holds (written before the branch left) and the one --resume must build
         cfg = cfg.model_copy(update={"params": {**cfg.params, **rebuild}})
         fusion["dropped"] = dropped
     _, val_scores = score_images(model, val)
@@ -182,6 +186,27 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
     state = RunState(model, cfg, threshold, data.fingerprint(), meta)
     save_run(out, state)
     return state
+
+
+# what decides the model checkpoint.pt holds weights for: a resumed fit must build the same one
+MODEL_FIELDS = ("model", "size_px", "params")
+
+
+def _refuse_another_model(saved_config: Path, cfg: FitConfig) -> None:
+    """Raise TrainConfigError when --resume would build another model than the run's checkpoint was trained as
+    (other flags, recipe or --config than the run started with); nothing is written before this check."""
+    from training.errors import TrainConfigError
+
+    if not saved_config.is_file():
+        return
+    saved = yaml.safe_load(saved_config.read_text()) or {}
+    now = cfg.model_dump()
+    differ = [k for k in MODEL_FIELDS if k in saved and saved[k] != now[k]]
+    if differ:
+        was = ", ".join(f"{k}={saved[k]}" for k in differ)
+        raise TrainConfigError(f"--resume: {saved_config.parent}/checkpoint.pt was trained as {was} ({saved_config}); "
+                               "this command builds another model: resume with the flags, recipe and --config the "
+                               "run started with, or --overwrite to start clean")
 
 
 # what follows training took 0.89 min where the pass count estimated 0.66 (objects recipe, synthetic parts,
@@ -219,8 +244,6 @@ def _reserve_minutes(model: AnomalyModel, train: torch.Tensor, val: torch.Tensor
     passes run; the faster of two timed passes, after one that pays kernel set-up."""
     from training.selection import COPIES_PER_GOOD
 
-    if len(val) == 0:
-        return 0.0
     passes = 2 + (COPIES_PER_GOOD if _fusion_skipped(model, val, cfg) is None else 0)
     probe = val[: min(len(val), 4)]
     was_training = model.training

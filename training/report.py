@@ -95,7 +95,8 @@ def write_plots(arrays: dict[str, np.ndarray], threshold: float, out: Path, titl
 
     fig, ax = plt.subplots(figsize=(7, 4))
     lines = [threshold, *others.values()]
-    bins = np.linspace(min(scores.min(), *lines), max(scores.max(), *lines), 40)
+    lo, hi = min(scores.min(), *lines), max(scores.max(), *lines)
+    bins = np.linspace(lo, max(hi, lo + 1e-6), 40)  # every score equal (a model that learnt nothing): still a plot
     ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="good", color="tab:green")
     for k in sorted(set(kinds[labels == 1])):
         ax.hist(scores[kinds == k], bins=bins, alpha=0.5, label=k)

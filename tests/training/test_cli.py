@@ -42,6 +42,12 @@ def test_fit_resume_and_report(tmp_path, tiny_data):
     import json
 
     assert json.loads((out / "train.json").read_text())["steps_done"] == 5
+    # resuming as another model is refused before anything is written: the run's config.yaml stays its record
+    before = (out / "config.yaml").read_text()
+    other = [*common[:-3], "1", "1", "1", "--steps", "6", "--resume"]
+    r = _run(*other)
+    assert r.returncode == 1 and "was trained as params=" in r.stderr and "--overwrite" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and (out / "config.yaml").read_text() == before
     meta = json.loads((out / "model.json").read_text())
     assert meta["params"]["map_weights"] == [1.0, 0.0, 2.0]
     assert meta["threshold_basis"]["n_good_images"] == 6 and meta["threshold_basis"]["good_images_needed"] == 200

@@ -67,6 +67,27 @@ def test_every_registered_model_has_a_working_training_step(name):
     assert amap.shape == (1, 1, 64, 64) and score.shape == (1,)
 
 
+@pytest.mark.parametrize("name, params", [("efficientad-s", {"size": "tiny"}), ("efficientad-s", {"teacher": "lite0"}),
+                                          ("ast", {}), ("fcl", {})])
+def test_a_training_step_runs_on_the_device_the_model_moved_to(name, params):
+    """fit() prepares on the CPU, then moves the model (CUDA where present): every tensor a loss reads (cached
+    teacher features, penalty images) must follow. No GPU here, so the 'meta' device stands in: like CUDA,
+    it refuses to mix with CPU tensors."""
+    import torch.fx.experimental._config as fx_config
+
+    from training.models.base import TrainBatch
+
+    m = build_model(name, {**params, "pretrained_backbone": False}, 64)
+    m.prepare(torch.rand(4, 3, 64, 64), progress=False)
+    m.to("meta")
+    batch = TrainBatch(torch.arange(2), torch.rand(2, 3, 64, 64, device="meta"))
+    # meta tensors have no values: let boolean masks (the hard-feature loss) assume every element is kept
+    with fx_config.patch(meta_nonzero_assume_all_nonzero=True):
+        for done in (0.0, 0.9):  # AST trains its teacher first, then the student against it
+            losses = m.training_losses(batch, done)
+            assert losses["loss"].device.type == "meta"
+
+
 @pytest.mark.parametrize("mode", ["truncate", "hinge"])
 def test_margin_constraint_changes_the_ae_loss(mode):
     from training.models.base import TrainBatch
@@ -349,3 +370,26 @@ def test_position_norm_divides_each_map_by_what_good_images_show_there():
     off._fit_position_scale(0, good)
     assert torch.equal(off.pos_scale[0], torch.ones(POS_GRID, POS_GRID))
     assert torch.equal(off._scaled(0, probe), probe)
+
+
+@pytest.mark.parametrize("defect, message", [
+    ("score_int", "output 'score' must be float32[1], got int64[1]"),
+    ("map_shape", "output 'anomaly_map' must be float32[1, 1, 8, 8], got float32[1, 1, 4, 4]"),
+    ("input_name", "input 'image' must be float32[1, 3, 8, 8], got missing (the graph's inputs: ['x'])"),
+])
+def test_export_refuses_a_graph_that_breaks_the_contract(defect, message, tmp_path):
+    from onnx import TensorProto, helper
+
+    from training.errors import ExportError
+    from training.export import _check_contract
+
+    def value(name, dtype, shape):
+        return helper.make_tensor_value_info(name, dtype, shape)
+
+    image = value("x" if defect == "input_name" else "image", TensorProto.FLOAT, [1, 3, 8, 8])
+    amap = value("anomaly_map", TensorProto.FLOAT, [1, 1, 4, 4] if defect == "map_shape" else [1, 1, 8, 8])
+    score = value("score", TensorProto.INT64 if defect == "score_int" else TensorProto.FLOAT, [1])
+    graph = helper.make_graph([], "g", [image], [amap, score])
+    with pytest.raises(ExportError) as err:
+        _check_contract(helper.make_model(graph), 8, tmp_path / "model.onnx")
+    assert str(err.value) == f"{tmp_path / 'model.onnx'}: {message}"

@@ -54,6 +54,9 @@ def test_histogram_draws_the_thresholds_the_bundles_use(tmp_path):
 
     write_plots(_arrays([0.1, 0.2, 0.9], [0, 0, 1]), 0.5, tmp_path, "t", other_thresholds={"ort INT8": 0.42})
     assert Image.open(tmp_path / "histogram.png").text["Description"] == "thresholds: model 0.5, ort INT8 0.42"
+    # a model that learnt nothing scores every image alike, at its threshold: the report still draws it
+    write_plots(_arrays([0.3, 0.3, 0.3], [0, 0, 1]), 0.3, tmp_path / "flat", "t")
+    assert (tmp_path / "flat" / "histogram.png").stat().st_size > 1000
 
 
 def test_bundle_thresholds_take_only_current_passing_int8_artifacts(tmp_path):

@@ -212,7 +212,7 @@ class Ast(AnomalyModel):
 
     def training_losses(self, batch: TrainBatch, done: float) -> dict[str, torch.Tensor]:
         assert self._cache is not None, "prepare() must run before training"
-        f = self._cache[batch.index]
+        f = self._cache[batch.index].to(batch.images.device)  # the cache stays in host memory
         cond = self._cond(f.shape[0])
         losses: dict[str, torch.Tensor] = {}
         if self.glob is not None:  # the bottleneck learns all along; it does not need the teacher

@@ -351,7 +351,8 @@ class EfficientAd(AnomalyModel):
         p = self.params
         img = batch.images
         b, c = img.shape[0], self.channels
-        t = _pick(self._cache[batch.index], self.st_channels)
+        # the cache stays in host memory (a whole dataset's features); only the batch's rows go to the device
+        t = _pick(self._cache[batch.index], self.st_channels).to(img.device)
         inputs = [img]
         if self.ae is not None:
             aug = _jitter(img, self._gen)
@@ -359,7 +360,7 @@ class EfficientAd(AnomalyModel):
             inputs.append(aug)
         n_product = sum(len(x) for x in inputs)
         if self._penalty is not None:
-            inputs.append(self._penalty.sample(p.penalty_batch))
+            inputs.append(self._penalty.sample(p.penalty_batch).to(img.device))
         assert self.student is not None, "trainable_parameters() refuses a model without a student"
         s_all = self.student(torch.cat(inputs))
         s_st = s_all[:b, :c]

@@ -112,7 +112,8 @@ def equalize_channels(pdn: Pdn, images: torch.Tensor, batch_size: int = 8, negat
 
 
 class Autoencoder(nn.Module):
-    """EfficientAD autoencoder: 6 strided convs to a 64-d code, 6 upsample+conv stages, output on the grid."""
+    """EfficientAD autoencoder: 5 strided convs and one spanning the rest to a 64-d code, 6 upsample+conv stages,
+    output on the grid."""
 
     def __init__(self, size_px: int, out_channels: int, grid: int) -> None:
         super().__init__()
