@@ -201,12 +201,20 @@ def _refuse_another_model(saved_config: Path, cfg: FitConfig) -> None:
         return
     saved = yaml.safe_load(saved_config.read_text()) or {}
     now = cfg.model_dump()
-    differ = [k for k in MODEL_FIELDS if k in saved and saved[k] != now[k]]
+    differ = []
+    for k in MODEL_FIELDS:
+        if k not in saved or saved[k] == now[k]:
+            continue
+        if isinstance(saved[k], dict) and isinstance(now[k], dict):
+            differ += [(f"{k}.{p}", saved[k].get(p), now[k].get(p)) for p in sorted(saved[k].keys() | now[k].keys())
+                       if saved[k].get(p) != now[k].get(p)]
+        else:
+            differ.append((k, saved[k], now[k]))
     if differ:
-        was = ", ".join(f"{k}={saved[k]}" for k in differ)
-        raise TrainConfigError(f"--resume: {saved_config.parent}/checkpoint.pt was trained as {was} ({saved_config}); "
-                               "this command builds another model: resume with the flags, recipe and --config the "
-                               "run started with, or --overwrite to start clean")
+        show = lambda v: "unset" if v is None else v  # noqa: E731
+        was = ", ".join(f"{k}={show(a)} (this command: {show(b)})" for k, a, b in differ)
+        raise TrainConfigError(f"--resume: {saved_config.parent}/checkpoint.pt was trained with {was}: resume with the "
+                               "flags, recipe and --config the run started with, or --overwrite to start clean")
 
 
 # what follows training took 0.89 min where the pass count estimated 0.66 (objects recipe, synthetic parts,

@@ -46,7 +46,8 @@ def test_fit_resume_and_report(tmp_path, tiny_data):
     before = (out / "config.yaml").read_text()
     other = [*common[:-3], "1", "1", "1", "--steps", "6", "--resume"]
     r = _run(*other)
-    assert r.returncode == 1 and "was trained as params=" in r.stderr and "--overwrite" in r.stderr, r.stderr
+    assert r.returncode == 1 and "--overwrite" in r.stderr, r.stderr
+    assert "trained with params.map_weights=[1.0, 0.0, 2.0] (this command: [1.0, 1.0, 1.0])" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and (out / "config.yaml").read_text() == before
     meta = json.loads((out / "model.json").read_text())
     assert meta["params"]["map_weights"] == [1.0, 0.0, 2.0]
