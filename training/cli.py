@@ -135,7 +135,9 @@ def _describe_budget(b: dict[str, Any], meta: dict[str, Any]) -> str:
     line = (f"budget {b['max_minutes']:g} min: the fit took {b['total_min']:.1f} — {b['before_train_min']:.1f} images "
             f"and teacher features, {meta['train_minutes']:.1f} training ({meta['steps_done']} steps at {batch}), "
             f"{b['after_train_min']:.1f} calibration")
-    return line + (f"\n  note: {b['short']}" if b.get("short") else "")
+    check = meta.get("selection_check") or {}
+    notes = [b.get("short"), check.get("note")]
+    return line + "".join(f"\n  note: {n}" for n in notes if n)
 
 
 def _recorded_recipe(out: Path) -> tuple[str, dict[str, Any] | None] | None:

@@ -143,10 +143,20 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
             print(plan.summary())
     total = min(cfg.steps, start + plan.steps_planned) if plan else cfg.steps  # the plan counts its probe steps
     bar = tqdm(desc=f"train {cfg.model}", disable=not progress, initial=step, total=total)
+    check_at = _selection_check_at(model, val, cfg, train_budget)
+    check: dict[str, Any] | None = None
     while step < cfg.steps:
         if train_budget is not None and minutes() > train_budget and step > start:
             bar.write(f"time budget reached at step {step} (batch {batch_size})")
             break
+        if check_at is not None and check is None and minutes() >= check_at:
+            assert train_budget is not None and plan is not None
+            check = _selection_check(model, val, cfg, step, minutes(), train_budget)
+            model.to(device, memory_format=layout).train()
+            if check["stopped"]:
+                bar.write(check["note"])
+                plan.traded.append(check["note"])
+                break
         one_step(batch_size)
         bar.update(1)
         if step % 10 == 1 and history:
@@ -180,6 +190,7 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
         "val_scores": [round(float(s), 6) for s in val_scores],
         "threshold_basis": threshold_basis(len(val_scores), cfg.false_alarm_rate),
         "fusion": fusion,
+        "selection_check": check,
         "budget": _finish_plan(plan, t_fit, t_calibrate),
         "history": history,
     }
@@ -242,6 +253,35 @@ def _choose_fusion(model: AnomalyModel, val: torch.Tensor, good_raw: list[Any], 
     if skipped:
         return {"skipped": skipped}
     return choose_fusion(model, val, good_raw, cfg.seed)
+
+
+def _selection_check_at(model: AnomalyModel, val: torch.Tensor, cfg: FitConfig,
+                        train_budget: float | None) -> float | None:
+    """The training minute at which the selection set is asked whether training still matters, or None where it
+    is not asked: no time budget, no fusion choice, or no fusion the model offers works without training."""
+    if train_budget is None or cfg.selection_check is None or _fusion_skipped(model, val, cfg) is not None:
+        return None
+    if all(model.needs_training(o) for o in model.fusion_options()):
+        return None
+    return cfg.selection_check * train_budget
+
+
+def _selection_check(model: AnomalyModel, val: torch.Tensor, cfg: FitConfig, step: int, at_min: float,
+                     budget_min: float) -> dict[str, Any]:
+    """Calibrate and choose the fusion as after training, part-way through it: stopped is True where the choice
+    needs no trained map (ELPV at 10 minutes: the Gaussian map alone, after 6-7 minutes training a student that
+    then left the model). Every buffer this sets is set again after training; the model is left on the CPU."""
+    model.to("cpu", memory_format=torch.contiguous_format).eval()
+    fusion = _choose_fusion(model, val, model.calibrate(val), cfg)
+    chosen = fusion.get("chosen")
+    record: dict[str, Any] = {"at_step": step, "at_min": round(at_min, 2), "train_budget_min": round(budget_min, 2),
+                              "candidates": fusion.get("candidates", []), "stopped": False}
+    if chosen and not model.needs_training(chosen):
+        record["stopped"] = True
+        record["note"] = (f"training stopped at step {step}, {at_min:.1f} of {budget_min:.1f} training minutes: the "
+                          f"selection set scored map weights {chosen['map_weights']} (no trained map) above every "
+                          "fusion with the trained ones, so the trained branch would leave the model anyway")
+    return record
 
 
 @torch.no_grad()

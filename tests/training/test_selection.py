@@ -213,3 +213,56 @@ def test_fit_leaves_out_a_student_its_chosen_fusion_weighs_zero_and_the_export_m
     assert load_run(tmp_path).model.student is None
     card = json.loads((tmp_path / "model.json").read_text())
     assert len(card["normalisation"]["map_weight"]) == 1
+
+
+@pytest.mark.parametrize("forced, stops", [(-1, True), (0, False)])
+def test_a_budgeted_fit_asks_the_selection_set_half_way_and_stops_training_only_for_training_free_maps(
+        forced, stops, tiny_data, tmp_path, monkeypatch):
+    """ELPV at 10 minutes trained a student for 6-7 minutes that the selection set then dropped. Which fusion a
+    tiny model's selection set prefers is not up to the test, so the choice is forced: the Gaussian map alone
+    (no trained map: training stops) or the recipe's own fusion (training goes on to the budget's end)."""
+    import training.loop
+    from training.config import FitConfig
+    from training.data import open_dataset
+    from training.loop import fit
+
+    calls = []
+
+    def forced_choice(model, val, good_raw, cfg):
+        calls.append(model.training)
+        option = model.fusion_options()[forced]
+        model.apply_fusion(option, good_raw)
+        return {"chosen": option, "candidates": []}
+
+    monkeypatch.setattr(training.loop, "_choose_fusion", forced_choice)
+    monkeypatch.setattr(training.loop, "MIN_SELECTION_IMAGES", 2)  # tiny_data holds out 6 good images
+    cfg = FitConfig(model="efficientad-tiny", params={"pretrained_backbone": False, "map_weights": [1, 0, 2]},
+                    size_px=64, steps=100_000, batch_size=2, max_minutes=0.3, precision="fp32")
+    meta = fit(cfg, open_dataset(tiny_data), tmp_path, progress=False).meta
+    check = meta["selection_check"]
+    assert calls == [False, False]  # asked once part-way, once after training; in eval mode both times
+    assert check["stopped"] is stops and 0 < check["at_step"] and check["train_budget_min"] > 0
+    assert check["at_min"] >= 0.5 * check["train_budget_min"]
+    if stops:
+        assert meta["steps_done"] == check["at_step"] and meta["train_minutes"] < 0.8 * check["train_budget_min"]
+        assert meta["budget"]["traded"] == [check["note"]] and "training stopped at step" in check["note"]
+        assert meta["fusion"]["dropped"][0].startswith("student:")
+    else:
+        assert meta["steps_done"] > check["at_step"] and "note" not in check
+        assert meta["train_minutes"] >= check["train_budget_min"] and meta["budget"]["traded"] == []
+
+
+def test_the_selection_set_is_asked_part_way_only_where_a_fusion_needs_no_training():
+    from training.config import FitConfig
+    from training.loop import _selection_check_at
+
+    val = _goods(8)
+    texture = FitConfig(model="efficientad-tiny", params={"pretrained_backbone": False, "map_weights": [1, 0, 2]})
+    objects = FitConfig(model="efficientad-tiny", params={"pretrained_backbone": False})  # with its autoencoder
+    build = lambda c: build_model(c.model, c.params, 64)  # noqa: E731
+    assert _selection_check_at(build(texture), val, texture, 10.0) == 5.0
+    assert _selection_check_at(build(texture), val, texture, None) is None  # no --max-minutes
+    assert _selection_check_at(build(texture), val[:4], texture, 10.0) is None  # too few held-out images
+    off = texture.model_copy(update={"selection_check": None})
+    assert _selection_check_at(build(off), val, off, 10.0) is None
+    assert _selection_check_at(build(objects), val, objects, 10.0) is None  # every fusion needs its student

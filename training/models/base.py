@@ -215,6 +215,11 @@ class AnomalyModel(nn.Module, ABC):
     def apply_fusion(self, option: dict[str, Any], good: list[RawOutputs]) -> None:
         """Use one of fusion_options(); good = calibrate()'s raw outputs of the held-out good images."""
 
+    def needs_training(self, option: dict[str, Any]) -> bool:
+        """Whether the scores under fusion `option` depend on what training learns (False: training-free maps
+        only, which a fit can stop training for: training.loop's selection check)."""
+        return True
+
     def drop_unweighted_branches(self, option: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """After the fusion choice: remove each trained branch whose map `option` weighs 0, so the exported graph
         no longer computes it. Returns the params that rebuild the smaller model (for the saved config) and a
