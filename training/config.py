@@ -42,8 +42,8 @@ class FitConfig(BaseModel):
     selection_check: float | None = Field(
         0.5, gt=0, lt=1, description="share of a --max-minutes training budget after which the selection set is "
         "asked once whether a fusion of training-free maps alone (EfficientAD's Gaussian map) beats every fusion "
-        "with the trained ones; if so, training stops there, as the trained branch would leave the model anyway. "
-        "null: train to the end of the budget")
+        "with the trained ones; if so, training stops there rather than spend the rest on a branch that adds "
+        "nothing yet (the check's minutes come out of training's). null: train to the end of the budget")
     budget_min_steps: int = Field(30, ge=1, description="optimiser steps a --max-minutes budget should buy; "
                                   "below it the batch is halved while that buys more steps (training.budget)")
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")

@@ -200,12 +200,12 @@ def fit(cfg: FitConfig, data: Dataset, out: Path, resume: bool = False, progress
 
 
 # what decides the model checkpoint.pt holds weights for: a resumed fit must build the same one
-MODEL_FIELDS = ("model", "size_px", "params")
+MODEL_FIELDS = ("model", "size_px", "params", "seed", "val_fraction")  # the last two: the initialisation and split
 
 
 def _refuse_another_model(saved_config: Path, cfg: FitConfig) -> None:
     """Raise TrainConfigError when --resume would build another model than the run's checkpoint was trained as
-    (other flags, recipe or --config than the run started with); nothing is written before this check."""
+    (other flags, recipe or --config than the run started with); no run file is written before this check."""
     from training.errors import TrainConfigError
 
     if not saved_config.is_file():
@@ -270,17 +270,21 @@ def _selection_check(model: AnomalyModel, val: torch.Tensor, cfg: FitConfig, ste
                      budget_min: float) -> dict[str, Any]:
     """Calibrate and choose the fusion as after training, part-way through it: stopped is True where the choice
     needs no trained map (ELPV at 10 minutes: the Gaussian map alone, after 6-7 minutes training a student that
-    then left the model). Every buffer this sets is set again after training; the model is left on the CPU."""
+    then left the model). What this sets (calibration buffers, fusion weights) is set again after training,
+    and the minutes it takes come out of training's; the model is left on the CPU."""
+    t = time.monotonic()
     model.to("cpu", memory_format=torch.contiguous_format).eval()
     fusion = _choose_fusion(model, val, model.calibrate(val), cfg)
     chosen = fusion.get("chosen")
     record: dict[str, Any] = {"at_step": step, "at_min": round(at_min, 2), "train_budget_min": round(budget_min, 2),
+                              "took_min": round((time.monotonic() - t) / 60, 2),
                               "candidates": fusion.get("candidates", []), "stopped": False}
     if chosen and not model.needs_training(chosen):
         record["stopped"] = True
-        record["note"] = (f"training stopped at step {step}, {at_min:.1f} of {budget_min:.1f} training minutes: the "
-                          f"selection set scored map weights {chosen['map_weights']} (no trained map) above every "
-                          "fusion with the trained ones, so the trained branch would leave the model anyway")
+        record["note"] = (f"training stopped at step {step}, {at_min:.1f} of {budget_min:.1f} training minutes: "
+                          f"part-way, the selection set scored map weights {chosen['map_weights']} (no trained map) "
+                          "above every fusion with the trained ones, so the rest of the budget is not spent on a "
+                          "branch that adds nothing yet")
     return record
 
 

@@ -95,8 +95,9 @@ def write_plots(arrays: dict[str, np.ndarray], threshold: float, out: Path, titl
 
     fig, ax = plt.subplots(figsize=(7, 4))
     lines = [threshold, *others.values()]
-    lo, hi = min(scores.min(), *lines), max(scores.max(), *lines)
-    bins = np.linspace(lo, max(hi, lo + 1e-6), 40)  # every score equal (a model that learnt nothing): still a plot
+    lo, hi = float(min(scores.min(), *lines)), float(max(scores.max(), *lines))
+    # every score equal (a model that learnt nothing): still a plot
+    bins = np.linspace(lo, max(hi, lo + 1e-6 * max(1.0, abs(lo))), 40)
     ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="good", color="tab:green")
     for k in sorted(set(kinds[labels == 1])):
         ax.hist(scores[kinds == k], bins=bins, alpha=0.5, label=k)
